@@ -1,0 +1,44 @@
+# Task runner. `make bench` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+# A CUDA 13 build of torch: it runs on the CPU and lets the CUDA kernels compile and link.
+TORCH_SPEC ?= torch==2.14.1
+BUILD_DEPS := scikit-build-core pybind11 ninja "cmake>=3.26,<4"
+TEST_DEPS := pytest numpy scipy
+CPP_BUILD := build/cpp
+
+.PHONY: all venv install test test-python test-cpp bench clean
+
+all: install
+
+$(VENV)/.deps:
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "$(TORCH_SPEC)" $(BUILD_DEPS) $(TEST_DEPS) tqdm
+	touch $@
+
+venv: $(VENV)/.deps
+
+install: venv
+	$(VPY) -m pip install -q --no-build-isolation --no-deps .
+
+test: test-python test-cpp
+
+test-python: install
+	$(VENV)/bin/pytest -q python_tests
+
+test-cpp: venv
+	@command -v apt-get >/dev/null && ! [ -f /usr/include/gtest/gtest.h ] && \
+	  (apt-get update -qq && apt-get install -y -qq libgtest-dev >/dev/null) || true
+	$(VENV)/bin/cmake -S . -B $(CPP_BUILD) -G Ninja -DDSE_BUILD_TESTS=ON -DDSE_BUILD_PYTHON=OFF \
+	  -DPython_EXECUTABLE=$(abspath $(VPY)) -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja)
+	$(VENV)/bin/cmake --build $(CPP_BUILD)
+	cd $(CPP_BUILD) && ../../$(VENV)/bin/ctest --output-on-failure
+
+bench: install
+	$(VPY) bench/bench_dse.py
+
+clean:
+	rm -rf build dist *.egg-info

@@ -1,0 +1,25 @@
+// CPU kernels of the dse:: operators (schemas: csrc/ops.cpp). Declared here so
+// the C++ tests can call them directly as well as through the dispatcher.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace dse::cpu {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kmeans(const at::Tensor& x, const at::Tensor& counts, int64_t k,
+                                                      int64_t max_iters, double tol, int64_t seed, int64_t init);
+
+std::tuple<at::Tensor, at::Tensor> cluster_css(const at::Tensor& x, const at::Tensor& labels, int64_t k);
+
+at::Tensor effective_rank(const at::Tensor& x);
+
+at::Tensor nearest_other_centroid_distance(const at::Tensor& x, const at::Tensor& centroids,
+                                           const at::Tensor& labels, const std::optional<at::Tensor>& valid);
+
+// Eigenvalues (ascending) of the smaller Gram matrix of a float64 (n, d) matrix:
+// A A^T when n <= d, else A^T A. Exposed for the tests.
+at::Tensor gram_eigenvalues(const at::Tensor& a);
+
+}  // namespace dse::cpu

@@ -1,0 +1,186 @@
+// Spectral reductions on the CPU: per-cluster centred singular-value sums and
+// normalized effective ranks.
+//
+// Singular values come from the eigenvalues of the smaller Gram matrix, in
+// float64. Matrices of similar size are padded with zero rows into buckets so
+// each bucket is one batched GEMM and one batched symmetric eigensolve; zero
+// rows only add zero eigenvalues, which the reductions ignore.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <functional>
+#include <map>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/spectrum.h"
+#include "cpu/kernels.h"
+
+namespace dse::cpu {
+
+at::Tensor gram_eigenvalues(const at::Tensor& a) {
+  TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kDouble, "gram_eigenvalues expects a float64 matrix");
+  const at::Tensor g = a.size(0) <= a.size(1) ? at::mm(a, a.t()) : at::mm(a.t(), a);
+  return at::linalg_eigvalsh(g);
+}
+
+namespace {
+
+constexpr int64_t kRowQuantum = 8;              // bucket rows are rounded up to a multiple of this
+constexpr int64_t kMaxBucketBytes = 64 << 20;  // float64 rows staged per batched call
+
+// Eigenvalues of the Gram matrices of many (rows_i, d) float64 matrices.
+// fill(i, dst) writes matrix i's rows_i x d entries (row-major, pre-zeroed) to dst;
+// reduce(i, eig, m) receives its m eigenvalues (m >= the Gram side; extras are zeros).
+void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const std::function<void(int64_t, double*)>& fill,
+                  const std::function<void(int64_t, const double*, int64_t)>& reduce) {
+  // Matrices with rows <= d use Z Z^T (side = padded rows), taller ones Z^T Z (side d).
+  std::map<int64_t, std::vector<int64_t>> buckets;  // padded rows (or -1 for tall) -> matrix ids
+  for (int64_t i = 0; i < static_cast<int64_t>(rows.size()); ++i) {
+    if (rows[i] <= 0) continue;
+    const int64_t key = rows[i] <= d ? std::min(d, (rows[i] + kRowQuantum - 1) / kRowQuantum * kRowQuantum) : -1;
+    buckets[key].push_back(i);
+  }
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  for (const auto& [key, ids] : buckets) {
+    int64_t rpad = key;
+    if (key < 0)
+      for (int64_t i : ids) rpad = std::max(rpad, rows[i]);
+    const int64_t per_chunk = std::max<int64_t>(1, kMaxBucketBytes / (8 * rpad * d));
+    for (size_t start = 0; start < ids.size(); start += per_chunk) {
+      const int64_t nb = std::min<int64_t>(per_chunk, ids.size() - start);
+      at::Tensor z = at::empty({nb, rpad, d}, opts);
+      double* zp = z.data_ptr<double>();
+      at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r = rows[ids[start + b]];
+          fill(ids[start + b], zp + b * rpad * d);
+          std::fill(zp + (b * rpad + r) * d, zp + (b + 1) * rpad * d, 0.0);
+        }
+      });
+      const at::Tensor gram = key >= 0 ? at::bmm(z, z.transpose(1, 2)) : at::bmm(z.transpose(1, 2), z);
+      // One batched eigensolve per thread: LAPACK parallelizes poorly at these sizes.
+      at::Tensor eig = at::empty({nb, gram.size(1)}, opts);
+      at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+        eig.narrow(0, b0, b1 - b0).copy_(at::linalg_eigvalsh(gram.narrow(0, b0, b1 - b0)));
+      });
+      const int64_t m = eig.size(1);
+      const double* ep = eig.const_data_ptr<double>();
+      for (int64_t b = 0; b < nb; ++b) reduce(ids[start + b], ep + b * m, m);
+    }
+  }
+}
+
+// Groups the points of each problem by label: order[p * M ...] lists point
+// indices cluster by cluster; offsets[p * (k + 1) + j] .. [+ j + 1] delimit cluster j.
+void group_by_label(const int64_t* labels, int64_t P, int64_t M, int64_t k, std::vector<int64_t>& order,
+                    std::vector<int64_t>& offsets) {
+  order.assign(P * M, 0);
+  offsets.assign(P * (k + 1), 0);
+  at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t* lab = labels + p * M;
+      int64_t* off = offsets.data() + p * (k + 1);
+      for (int64_t i = 0; i < M; ++i)
+        if (lab[i] >= 0) off[lab[i] + 1] += 1;
+      for (int64_t j = 0; j < k; ++j) off[j + 1] += off[j];
+      std::vector<int64_t> cursor(off, off + k);
+      for (int64_t i = 0; i < M; ++i)
+        if (lab[i] >= 0) order[p * M + cursor[lab[i]]++] = i;
+    }
+  });
+}
+
+// Writes the Householder-centred (n - 1, d) matrix of the n member rows (common/spectrum.h).
+template <typename scalar_t>
+void fill_centred(const scalar_t* x, const int64_t* members, int64_t n, int64_t d, double* dst) {
+  std::vector<double> colsum(d, 0.0);
+  for (int64_t r = 0; r < n; ++r) {
+    const scalar_t* row = x + members[r] * d;
+    for (int64_t t = 0; t < d; ++t) colsum[t] += static_cast<double>(row[t]);
+  }
+  const scalar_t* last = x + members[n - 1] * d;
+  const HouseholderCentering h = householder_centering(n);
+  for (int64_t r = 0; r < n - 1; ++r) {
+    const scalar_t* row = x + members[r] * d;
+    for (int64_t t = 0; t < d; ++t)
+      dst[r * d + t] = householder_centered(static_cast<double>(row[t]), colsum[t], static_cast<double>(last[t]), h);
+  }
+}
+
+void check_label_range(const at::Tensor& labels, int64_t k, const char* op) {
+  if (labels.numel() == 0) return;
+  const int64_t lo = labels.min().item<int64_t>(), hi = labels.max().item<int64_t>();
+  TORCH_CHECK(lo >= -1 && hi < k, "dse::", op, ": labels must lie in [-1, ", k, "), got [", lo, ", ", hi, "]");
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in, const at::Tensor& labels_in, int64_t k) {
+  check_points(x_in, "cluster_css");
+  check_cpu(x_in, "cluster_css");
+  check_labels(labels_in, x_in, "cluster_css");
+  TORCH_CHECK(k >= 1, "dse::cluster_css: k must be >= 1, got ", k);
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor labels = labels_in.contiguous();
+  check_label_range(labels, k, "cluster_css");
+  const int64_t P = x.size(0), M = x.size(1), d = x.size(2);
+
+  std::vector<int64_t> order, offsets;
+  group_by_label(labels.const_data_ptr<int64_t>(), P, M, k, order, offsets);
+  at::Tensor counts = at::empty({P, k}, x.options().dtype(at::kLong));
+  int64_t* np = counts.data_ptr<int64_t>();
+  std::vector<int64_t> rows(P * k);
+  for (int64_t c = 0; c < P * k; ++c) {
+    const int64_t p = c / k, j = c % k;
+    np[c] = offsets[p * (k + 1) + j + 1] - offsets[p * (k + 1) + j];
+    rows[c] = np[c] >= 2 ? np[c] - 1 : 0;  // clusters with fewer than 2 points are skipped
+  }
+
+  at::Tensor values = at::zeros({P, k}, x.options().dtype(at::kDouble));
+  double* vp = values.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_cluster_css_cpu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    gram_spectra(
+        rows, d,
+        [&](int64_t c, double* dst) {
+          const int64_t p = c / k, j = c % k;
+          fill_centred<scalar_t>(xp + p * M * d, order.data() + p * M + offsets[p * (k + 1) + j], np[c], d, dst);
+        },
+        [&](int64_t c, const double* eig, int64_t m) {
+          vp[c] = nuclear_norm_from_eigs(eig, m) / css_denominator(np[c], d);
+        });
+  });
+  return {values.to(x.scalar_type()), counts};
+}
+
+at::Tensor effective_rank(const at::Tensor& x_in) {
+  check_points(x_in, "effective_rank");
+  check_cpu(x_in, "effective_rank");
+  const at::Tensor x = x_in.contiguous();
+  const int64_t P = x.size(0), m = x.size(1), d = x.size(2);
+  at::Tensor out = at::empty({P}, x.options().dtype(at::kDouble));
+  double* op = out.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_effective_rank_cpu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    gram_spectra(
+        std::vector<int64_t>(P, m), d,
+        [&](int64_t p, double* dst) {
+          const scalar_t* src = xp + p * m * d;
+          for (int64_t t = 0; t < m * d; ++t) dst[t] = static_cast<double>(src[t]);
+        },
+        [&](int64_t p, const double* eig, int64_t side) {
+          op[p] = effective_rank_from_eigs(eig, side, std::min(m, d));
+        });
+  });
+  return out.to(x.scalar_type());
+}
+
+TORCH_LIBRARY_IMPL(dse, CPU, m) {
+  m.impl("cluster_css", &cluster_css);
+  m.impl("effective_rank", &effective_rank);
+}
+
+}  // namespace dse::cpu

@@ -1,0 +1,35 @@
+// The one place that defines every dse:: operator schema.
+//
+// Kernels live per device in csrc/cpu/ and csrc/cuda/ and register with
+// TORCH_LIBRARY_IMPL(dse, <Device>, m); fake (meta) kernels and autograd are
+// registered from Python (dse_ext/_ops.py) with torch.library.
+#include <torch/library.h>
+
+TORCH_LIBRARY(dse, m) {
+  // Batched k-means over P independent problems.
+  //   x (P, M, d) float; counts (P,) int64: problem p uses the first counts[p]
+  //   points (the rest is padding and gets label -1); init 0 = k-means++ with
+  //   D^2 sampling, 1 = k-means++ with D sampling (the released DSE code).
+  //   Returns centroids (P, k, d), labels (P, M) int64 and the number of Lloyd
+  //   updates done per problem (P,) int64.
+  m.def(
+      "kmeans(Tensor x, Tensor counts, int k, int max_iters, float tol, int seed, int init)"
+      " -> (Tensor centroids, Tensor labels, Tensor iterations)");
+
+  // Per-cluster centred singular-value sums.
+  //   x (P, M, d), labels (P, M) int64 in [-1, k) (-1 = ignore) ->
+  //   values (P, k) = sum of singular values of (C_j - mean C_j) / sqrt(max(n_j - 1, d)),
+  //   0 where n_j < 2; counts (P, k) int64 = n_j.
+  m.def("cluster_css(Tensor x, Tensor labels, int k) -> (Tensor values, Tensor counts)");
+
+  // Normalized effective rank of each (m, d) matrix: x (P, m, d) -> (P,).
+  m.def("effective_rank(Tensor x) -> Tensor");
+
+  // Euclidean distance from each point to the nearest centroid other than its own.
+  //   x (P, M, d), centroids (P, k, d), labels (P, M) int64 in [-1, k),
+  //   valid (P, k) bool or None (None: all centroids exist) -> (P, M).
+  //   Points with label -1 or with no other valid centroid get 0.
+  m.def(
+      "nearest_other_centroid_distance(Tensor x, Tensor centroids, Tensor labels, Tensor? valid)"
+      " -> Tensor");
+}

@@ -1,0 +1,18 @@
+"""dse_ext: the Dense representation Structure Estimator (DSE) as compiled PyTorch ops.
+
+>>> import torch, dse_ext
+>>> out = dse_ext.dse(torch.randn(16, 196, 384))
+>>> out.dse, out.m_inter, out.m_intra, out.m_dim          # 0-dim tensors
+
+Modules: :mod:`dse_ext.functional` (the compiled building blocks),
+:mod:`dse_ext.reference` (their pure-PyTorch twins).
+"""
+
+import torch  # noqa: F401  (load torch's libraries before the compiled module)
+
+from . import functional, reference
+from ._ops import cuda_built, extension_available
+from .metric import DSEOutput, dse
+
+__version__ = "0.1.0"
+__all__ = ["dse", "DSEOutput", "functional", "reference", "extension_available", "cuda_built"]

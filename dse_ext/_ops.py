@@ -1,0 +1,61 @@
+"""Loads the compiled operators and registers their fake (meta) kernels.
+
+After import, ``torch.ops.dse.*`` exist when the extension was built. The fake
+kernels let ``torch.compile`` and ``torch.library.opcheck`` reason about output
+shapes without running the kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # torch must be imported first: the module relies on torch's shared libraries.
+    from . import _C  # noqa: F401
+
+    IMPORT_ERROR: Exception | None = None
+except ImportError as exc:  # pragma: no cover - exercised only without a build
+    _C = None
+    IMPORT_ERROR = exc
+
+OP_NAMES = ("kmeans", "cluster_css", "effective_rank", "nearest_other_centroid_distance")
+
+
+def extension_available() -> bool:
+    """True when the compiled operators are loaded."""
+    return _C is not None
+
+
+def cuda_built() -> bool:
+    """True when the compiled operators include CUDA kernels."""
+    return _C is not None and bool(_C.with_cuda)
+
+
+def has_kernel(device: torch.device) -> bool:
+    """True when every dse op has a compiled kernel for ``device``'s type."""
+    if _C is None:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    if key is None:
+        return False
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"dse::{n}", key) for n in OP_NAMES)
+
+
+if _C is not None:
+
+    @torch.library.register_fake("dse::kmeans")
+    def _kmeans_fake(x, counts, k, max_iters, tol, seed, init):
+        P, M, d = x.shape
+        return (x.new_empty(P, k, d), x.new_empty(P, M, dtype=torch.long), x.new_empty(P, dtype=torch.long))
+
+    @torch.library.register_fake("dse::cluster_css")
+    def _cluster_css_fake(x, labels, k):
+        P = x.shape[0]
+        return x.new_empty(P, k), x.new_empty(P, k, dtype=torch.long)
+
+    @torch.library.register_fake("dse::effective_rank")
+    def _effective_rank_fake(x):
+        return x.new_empty(x.shape[0])
+
+    @torch.library.register_fake("dse::nearest_other_centroid_distance")
+    def _nearest_other_fake(x, centroids, labels, valid):
+        return x.new_empty(x.shape[0], x.shape[1])

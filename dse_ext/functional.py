@@ -1,0 +1,108 @@
+"""The compiled DSE building blocks, ``torch.nn.functional`` style.
+
+Each function validates its input, then calls one batched ``torch.ops.dse`` operator.
+Half-precision inputs are computed in float32 and returned as float32; spectral
+reductions are computed in float64 internally whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _ops
+from ._args import css_args, kmeans_args, nearest_other_args, rank_args
+
+
+def _require_kernel(x: torch.Tensor) -> None:
+    if not _ops.extension_available():
+        raise RuntimeError(
+            f"dse_ext's compiled operators are not available ({_ops.IMPORT_ERROR}); "
+            "reinstall with `pip install --no-build-isolation .` or use dse_ext.reference"
+        )
+    if not _ops.has_kernel(x.device):
+        raise RuntimeError(
+            f"dse_ext has no compiled kernels for {x.device.type} tensors in this build "
+            f"(CUDA kernels built: {_ops.cuda_built()}); move the tensor to the CPU or use dse_ext.reference"
+        )
+
+
+def kmeans(x, num_clusters: int, *, max_iters: int = 20, tol: float = 1e-4, seed: int = 0,
+           init: str = "k-means++", counts=None):
+    """Batched k-means with k-means++ seeding.
+
+    Args:
+        x: points, ``(M, d)`` or ``(P, M, d)`` for P independent problems.
+        num_clusters: k.
+        max_iters: maximum number of Lloyd updates per problem.
+        tol: a problem stops once the Frobenius norm of its centroid shift is ``<= tol``
+            (same units as ``x``).
+        seed: seed of the counter-based RNG; the global torch RNG is not used.
+        init: ``"k-means++"`` (sample ∝ D², the standard) or ``"k-means++-linear"``
+            (sample ∝ D, as the released DSE code does).
+        counts: optional ``(P,)`` integers; problem p uses its first ``counts[p]`` points
+            and the rest are padding (label -1).
+
+    Returns:
+        ``(centroids, labels)``: ``(k, d)`` / ``(P, k, d)`` in x's dtype and
+        ``(M,)`` / ``(P, M)`` int64. Labels are the nearest returned centroid.
+    """
+    b, counts_t, code = kmeans_args(x, num_clusters, max_iters, tol, init, counts)
+    _require_kernel(b.x)
+    c, labels, _ = torch.ops.dse.kmeans(b.x, counts_t, num_clusters, max_iters, float(tol), int(seed), code)
+    return (c[0], labels[0]) if b.single else (c, labels)
+
+
+def centered_singular_sum(x, labels, num_clusters: int):
+    """Per-cluster centred singular-value sum (css, DESIGN §2).
+
+    For cluster j with member matrix C_j (n_j × d):
+    ``(sum of singular values of C_j − mean row) / sqrt(max(n_j − 1, d))``; 0 when n_j < 2.
+
+    Args:
+        x: ``(M, d)`` or ``(P, M, d)``.
+        labels: ``(M,)`` / ``(P, M)`` integers in ``[0, num_clusters)``; -1 ignores a point.
+        num_clusters: k.
+
+    Returns:
+        ``(values, counts)``: ``(k,)`` / ``(P, k)`` in x's dtype and the member counts (int64).
+    """
+    b, labels = css_args(x, labels, num_clusters)
+    _require_kernel(b.x)
+    values, counts = torch.ops.dse.cluster_css(b.x, labels, num_clusters)
+    return (values[0], counts[0]) if b.single else (values, counts)
+
+
+def effective_rank(x):
+    """Normalized effective rank of each ``(m, d)`` matrix (not centred).
+
+    ``exp(−Σ p_i log p_i) / min(m, d)`` with ``p_i = σ_i / Σσ``; in (0, 1], 0 for an all-zero matrix.
+
+    Args:
+        x: ``(..., m, d)``.
+
+    Returns:
+        ``(...)`` in x's dtype.
+    """
+    x = rank_args(x)
+    _require_kernel(x)
+    lead = x.shape[:-2]
+    out = torch.ops.dse.effective_rank(x.reshape(-1, x.shape[-2], x.shape[-1]))
+    return out.reshape(lead)
+
+
+def nearest_other_centroid_distance(x, centroids, labels, valid=None):
+    """Euclidean distance from every point to the nearest centroid other than its own.
+
+    Args:
+        x: ``(M, d)`` or ``(P, M, d)``.
+        centroids: ``(k, d)`` / ``(P, k, d)``.
+        labels: ``(M,)`` / ``(P, M)`` integers in ``[0, k)``; -1 ignores a point.
+        valid: optional bool ``(k,)`` / ``(P, k)``: centroids that exist (e.g. non-empty clusters).
+
+    Returns:
+        ``(M,)`` / ``(P, M)`` distances; 0 for ignored points and points with no other valid centroid.
+    """
+    b, c, labels, valid = nearest_other_args(x, centroids, labels, valid)
+    _require_kernel(b.x)
+    out = torch.ops.dse.nearest_other_centroid_distance(b.x, c, labels, valid)
+    return out[0] if b.single else out

@@ -1,0 +1,130 @@
+"""Pure-PyTorch reference of every compiled operator, written for clarity.
+
+Loops over problems and clusters, one SVD per matrix, the same shape as the paper's
+released code. It is the fallback when the extension is not built (or has no kernel
+for a device) and the oracle of the tests; run it in float64 for exact comparisons.
+The function signatures match :mod:`dse_ext.functional`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._args import css_args, kmeans_args, nearest_other_args, rank_args
+from ._rng import uniform01
+
+
+def _kmeans_plus_plus(x: torch.Tensor, k: int, power: int, seed: int, stream: int) -> torch.Tensor:
+    """k-means++ seeding in float64; draws from the shared counter-based RNG."""
+    n = x.shape[0]
+    xd = x.double()
+    first = min(int(uniform01(seed, stream, 0) * n), n - 1)
+    centroids = [xd[first]]
+    dist2 = ((xd - centroids[0]) ** 2).sum(1)
+    for j in range(1, k):
+        weights = dist2 if power == 2 else dist2.sqrt()
+        total = float(weights.sum())
+        u = uniform01(seed, stream, j)
+        if total > 0:
+            cum = torch.cumsum(weights, 0)
+            chosen = int(torch.searchsorted(cum, torch.tensor([u * float(cum[-1])], dtype=torch.float64), right=True))
+            if chosen >= n:
+                chosen = int(torch.nonzero(weights > 0)[-1])
+        else:
+            chosen = min(int(u * n), n - 1)
+        centroids.append(xd[chosen])
+        dist2 = torch.minimum(dist2, ((xd - xd[chosen]) ** 2).sum(1))
+    return torch.stack(centroids)
+
+
+def _assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    dist2 = torch.stack([((x - c) ** 2).sum(1) for c in centroids.to(x.dtype)], dim=1)
+    return dist2.argmin(1)
+
+
+def _kmeans_single(x, k, max_iters, tol, seed, stream, power):
+    centroids = _kmeans_plus_plus(x, k, power, seed, stream)
+    xd = x.double()
+    for _ in range(max_iters):
+        labels = _assign(x, centroids)
+        new = centroids.clone()
+        for j in range(k):
+            members = xd[labels == j]
+            if len(members) > 0:  # an empty cluster keeps its centroid
+                new[j] = members.mean(0)
+        shift = float(torch.linalg.norm(new - centroids))
+        centroids = new
+        if shift <= tol:
+            break
+    return centroids.to(x.dtype), _assign(x, centroids)
+
+
+def kmeans(x, num_clusters: int, *, max_iters: int = 20, tol: float = 1e-4, seed: int = 0,
+           init: str = "k-means++", counts=None):
+    """Reference of :func:`dse_ext.functional.kmeans` (one problem at a time)."""
+    b, counts_t, code = kmeans_args(x, num_clusters, max_iters, tol, init, counts)
+    P, M, d = b.x.shape
+    power = 2 if code == 0 else 1
+    centroids = b.x.new_empty(P, num_clusters, d)
+    labels = torch.full((P, M), -1, dtype=torch.long, device=b.x.device)
+    for p in range(P):
+        n = int(counts_t[p])
+        centroids[p], labels[p, :n] = _kmeans_single(b.x[p, :n], num_clusters, max_iters, tol, seed, p, power)
+    return (centroids[0], labels[0]) if b.single else (centroids, labels)
+
+
+def centered_singular_sum(x, labels, num_clusters: int):
+    """Reference of :func:`dse_ext.functional.centered_singular_sum` (one SVD per cluster)."""
+    b, labels = css_args(x, labels, num_clusters)
+    P, M, d = b.x.shape
+    values = torch.zeros(P, num_clusters, dtype=torch.float64, device=b.x.device)
+    counts = torch.zeros(P, num_clusters, dtype=torch.long, device=b.x.device)
+    for p in range(P):
+        for j in range(num_clusters):
+            members = b.x[p][labels[p] == j].double()
+            n = members.shape[0]
+            counts[p, j] = n
+            if n >= 2:
+                sv = torch.linalg.svdvals(members - members.mean(0))
+                values[p, j] = sv.sum() / math.sqrt(max(n - 1, d))
+    values = values.to(b.x.dtype)
+    return (values[0], counts[0]) if b.single else (values, counts)
+
+
+def _effective_rank_single(m: torch.Tensor) -> torch.Tensor:
+    sv = torch.linalg.svdvals(m.double())
+    total = sv.sum()
+    if total <= 0:
+        return torch.zeros((), dtype=torch.float64, device=m.device)
+    p = sv / total
+    p = p[p > 0]
+    return torch.exp(-(p * p.log()).sum()) / min(m.shape)
+
+
+def effective_rank(x):
+    """Reference of :func:`dse_ext.functional.effective_rank` (one SVD per matrix)."""
+    x = rank_args(x)
+    flat = x.reshape(-1, x.shape[-2], x.shape[-1])
+    out = torch.stack([_effective_rank_single(m) for m in flat])
+    return out.to(x.dtype).reshape(x.shape[:-2])
+
+
+def nearest_other_centroid_distance(x, centroids, labels, valid=None):
+    """Reference of :func:`dse_ext.functional.nearest_other_centroid_distance`."""
+    b, c, labels, valid = nearest_other_args(x, centroids, labels, valid)
+    P, M, _ = b.x.shape
+    k = c.shape[1]
+    out = torch.zeros(P, M, dtype=b.x.dtype, device=b.x.device)
+    for p in range(P):
+        xd, cd = b.x[p].double(), c[p].double()
+        dist = torch.stack([((xd - cd[j]) ** 2).sum(1).sqrt() for j in range(k)], dim=1)  # (M, k)
+        own = labels[p].clamp(min=0)
+        dist.scatter_(1, own[:, None], math.inf)
+        if valid is not None:
+            dist[:, ~valid[p]] = math.inf
+        best = dist.min(1).values
+        keep = (labels[p] >= 0) & torch.isfinite(best)
+        out[p] = torch.where(keep, best, torch.zeros_like(best)).to(b.x.dtype)
+    return out[0] if b.single else out
