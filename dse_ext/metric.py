@@ -147,11 +147,13 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
     if global_labels is not None:
         global_labels = check_labels(global_labels, (B, N), global_clusters, x.device, "global_labels")
     ops = _select_backend(backend, x.device)
+    x = x.contiguous()  # a view and its copy give bit-identical results
 
     if normalize:
         x = F.normalize(x, dim=-1)
     avg_l2 = (x - x.mean(dim=(0, 1))).norm(dim=-1).mean()
-    if not float(avg_l2) > 0:
+    scale = x.norm(dim=-1).mean()
+    if not float(avg_l2) > 16 * torch.finfo(x.dtype).eps * float(scale):
         raise ValueError("all tokens are identical: DSE is undefined for constant features")
     kmeans_opts = dict(max_iters=max_iters, tol=tol, init=init)
 

@@ -1,0 +1,142 @@
+"""Every compiled op against its pure-PyTorch twin, on random and adversarial inputs."""
+
+import math
+
+import pytest
+import torch
+
+from dse_ext import functional as F
+from dse_ext import reference as R
+
+from helpers import clustered
+
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-6)}
+
+
+def random_labels(gen, P, M, k, ignore=0.0):
+    labels = torch.randint(0, k, (P, M), generator=gen)
+    if ignore:
+        labels[torch.rand(P, M, generator=gen) < ignore] = -1
+    return labels
+
+
+# ------------------------------------------------------------------ css
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("P,M,d,k", [(3, 40, 16, 3), (2, 300, 8, 2), (4, 50, 64, 5), (1, 7, 3, 7)])
+def test_css_matches_reference(gen, dtype, P, M, d, k):
+    x = torch.randn(P, M, d, generator=gen, dtype=dtype)
+    labels = random_labels(gen, P, M, k, ignore=0.1)
+    v, n = F.centered_singular_sum(x, labels, k)
+    rv, rn = R.centered_singular_sum(x, labels, k)
+    assert v.dtype == dtype and n.dtype == torch.long
+    assert torch.equal(n, rn)
+    torch.testing.assert_close(v, rv, **TOL[dtype])
+
+
+def test_css_adversarial_clusters(gen):
+    d = 12
+    base = torch.randn(6, d, generator=gen, dtype=torch.float64)
+    x = torch.cat([
+        base[:1].repeat(5, 1),                     # cluster 0: identical points (css 0)
+        base[1:3],                                  # cluster 1: exactly 2 points
+        base[3:4],                                  # cluster 2: 1 point (skipped)
+        base[4:6].repeat(10, 1),                    # cluster 3: rank 1 after centring, 20 points
+        torch.randn(30, 2, generator=gen, dtype=torch.float64) @ torch.randn(2, d, generator=gen, dtype=torch.float64),
+    ])                                              # cluster 4: rank-2 data
+    labels = torch.tensor([0] * 5 + [1] * 2 + [2] + [3] * 20 + [4] * 30)
+    v, n = F.centered_singular_sum(x, labels, 6)   # cluster 5 is empty
+    rv, rn = R.centered_singular_sum(x, labels, 6)
+    assert n.tolist() == [5, 2, 1, 20, 30, 0]
+    assert v[0] < 1e-12 and v[2] == 0 and v[5] == 0  # identical points: rounding level only
+    # two points: one singular value |x1 - x2| / sqrt(2)
+    expected = torch.linalg.norm(base[1] - base[2]) / math.sqrt(2) / math.sqrt(d)
+    torch.testing.assert_close(v[1], expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(v, rv, rtol=1e-9, atol=1e-12)
+
+
+def test_css_tall_clusters_use_the_other_gram(gen):
+    # n - 1 > d exercises the d x d Gram side.
+    x = torch.randn(2, 500, 6, generator=gen, dtype=torch.float64)
+    labels = random_labels(gen, 2, 500, 2)
+    torch.testing.assert_close(F.centered_singular_sum(x, labels, 2)[0], R.centered_singular_sum(x, labels, 2)[0],
+                               rtol=1e-10, atol=0)
+
+
+def test_css_single_problem_and_scale(gen):
+    x = torch.randn(30, 5, generator=gen, dtype=torch.float64)
+    labels = random_labels(gen, 1, 30, 3)[0]
+    v, n = F.centered_singular_sum(x, labels, 3)
+    assert v.shape == (3,) and n.shape == (3,)
+    v2, _ = F.centered_singular_sum(4.0 * x + 7.0, labels, 3)  # translation-free, 1-homogeneous
+    torch.testing.assert_close(v2, 4.0 * v, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------ effective rank
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(5, 8, 32), (3, 40, 6), (2, 16, 16), (4, 1, 9)])
+def test_effective_rank_matches_reference(gen, dtype, shape):
+    x = torch.randn(*shape, generator=gen, dtype=dtype)
+    torch.testing.assert_close(F.effective_rank(x), R.effective_rank(x), **TOL[dtype])
+
+
+def test_effective_rank_known_values(gen):
+    q, _ = torch.linalg.qr(torch.randn(20, 20, generator=gen, dtype=torch.float64))
+    orth = q[:6]                                            # orthonormal rows -> 1
+    assert abs(float(F.effective_rank(orth)) - 1.0) < 1e-12
+    rank1 = torch.randn(8, 1, generator=gen, dtype=torch.float64) @ torch.randn(1, 10, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(F.effective_rank(rank1), torch.tensor(1 / 8, dtype=torch.float64), rtol=1e-9, atol=0)
+    assert float(F.effective_rank(torch.zeros(3, 4, dtype=torch.float64))) == 0.0
+    # two equal singular values among four -> exp(log 2) / 4
+    m = torch.diag(torch.tensor([2.0, 2.0, 0.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(F.effective_rank(m), torch.tensor(0.5, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_effective_rank_leading_dims(gen):
+    x = torch.randn(2, 3, 5, 7, generator=gen, dtype=torch.float64)
+    out = F.effective_rank(x)
+    assert out.shape == (2, 3)
+    torch.testing.assert_close(out[1, 2], F.effective_rank(x[1, 2]))
+
+
+# ------------------------------------------------------------------ nearest other centroid
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nearest_other_matches_reference(gen, dtype):
+    P, M, d, k = 3, 60, 10, 5
+    x = torch.randn(P, M, d, generator=gen, dtype=dtype)
+    c = torch.randn(P, k, d, generator=gen, dtype=dtype)
+    labels = random_labels(gen, P, M, k, ignore=0.1)
+    valid = torch.rand(P, k, generator=gen) > 0.3
+    valid[0] = False
+    valid[0, 1] = True  # problem 0: only centroid 1 exists
+    for v in (None, valid):
+        out = F.nearest_other_centroid_distance(x, c, labels, v)
+        ref = R.nearest_other_centroid_distance(x, c, labels, v)
+        torch.testing.assert_close(out, ref, **TOL[dtype])
+    out = F.nearest_other_centroid_distance(x, c, labels, valid)
+    assert torch.all(out[labels < 0] == 0)
+    assert torch.all(out[0][labels[0] == 1] == 0)  # no other valid centroid
+
+
+def test_nearest_other_is_second_nearest_after_kmeans(gen):
+    x, _ = clustered(gen, 2, 90, 6, 3)
+    c, labels = F.kmeans(x, 3)
+    dist = torch.cdist(x, c)
+    second = dist.sort(dim=2).values[..., 1]
+    torch.testing.assert_close(F.nearest_other_centroid_distance(x, c, labels), second, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------ non-contiguous and strided inputs
+def test_strided_views_give_the_same_results(gen):
+    big = torch.randn(4, 50, 24, generator=gen, dtype=torch.float64)
+    x = big[::2, ::2, ::3]                      # non-contiguous view (2, 25, 8)
+    xc = x.contiguous()
+    labels = random_labels(gen, 2, 25, 3)
+    assert not x.is_contiguous()
+    torch.testing.assert_close(F.centered_singular_sum(x, labels, 3)[0], F.centered_singular_sum(xc, labels, 3)[0],
+                               rtol=0, atol=0)
+    torch.testing.assert_close(F.effective_rank(x), F.effective_rank(xc), rtol=0, atol=0)
+    xt = big[0].t()                             # transposed (24, 50)
+    torch.testing.assert_close(F.effective_rank(xt), R.effective_rank(xt.contiguous()), rtol=1e-10, atol=0)
+    c1, l1 = F.kmeans(x, 3, seed=5)
+    c2, l2 = F.kmeans(xc, 3, seed=5)
+    assert torch.equal(l1, l2) and torch.equal(c1, c2)
