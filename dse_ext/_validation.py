@@ -7,8 +7,8 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def as_float_tensor(x, name: str) -> torch.Tensor:
-    """Check that ``x`` is a non-empty, finite floating tensor; upcast half types to float32."""
+def as_float_tensor(x, name: str, check_finite: bool = True) -> torch.Tensor:
+    """Check that ``x`` is a non-empty (and, if asked, finite) floating tensor; upcast half types to float32."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
@@ -22,7 +22,7 @@ def as_float_tensor(x, name: str) -> torch.Tensor:
         x = x.float()
     # Fast path: a sum is finite when every element is (an overflowing sum of finite
     # values falls through to the exact test).
-    if x.device.type == "meta":  # no data to check
+    if not check_finite or x.device.type == "meta":  # meta tensors have no data to check
         return x
     if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())

@@ -130,7 +130,7 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
         :class:`DSEOutput` of 0-dim tensors. Distances are divided by ``avg_l2`` (mean distance
         of a token to the batch mean), so every component is scale-free.
     """
-    x = as_float_tensor(features, "features")
+    x = as_float_tensor(features, "features", check_finite=False)  # checked through avg_l2 below
     check_ndim(x, (3,), "features", "(B, N, d)")
     B, N, d = x.shape
     if B < 2:
@@ -152,6 +152,9 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
     if normalize:
         x = F.normalize(x, dim=-1)
     avg_l2 = (x - x.mean(dim=(0, 1))).norm(dim=-1).mean()
+    if not bool(torch.isfinite(avg_l2)):  # any NaN/Inf in the features reaches avg_l2
+        as_float_tensor(features, "features")  # raises with the count of bad values
+        raise ValueError("features are too large: their norms overflow; rescale them")
     scale = x.norm(dim=-1).mean()
     if not float(avg_l2) > 16 * torch.finfo(x.dtype).eps * float(scale):
         raise ValueError("all tokens are identical: DSE is undefined for constant features")

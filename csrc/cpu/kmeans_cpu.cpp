@@ -20,9 +20,34 @@ namespace dse::cpu {
 namespace {
 
 // Nearest centroid of every point: x (P, M, d), c (P, k, d) -> (P, M) int64.
+// Ties go to the lowest cluster index.
 at::Tensor assign(const at::Tensor& x, const at::Tensor& c) {
-  const at::Tensor score = c.square().sum(2).unsqueeze(1) - 2.0 * at::bmm(x, c.transpose(1, 2));  // |x-c|^2 - |x|^2
-  return score.argmin(2);
+  const int64_t P = x.size(0), M = x.size(1), k = c.size(1);
+  const at::Tensor dots = at::bmm(x, c.transpose(1, 2)).contiguous();  // (P, M, k)
+  const at::Tensor c_sq = c.to(at::kDouble).square().sum(2).contiguous();  // (P, k)
+  at::Tensor labels = at::empty({P, M}, x.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_kmeans_assign", [&] {
+    const scalar_t* dp = dots.const_data_ptr<scalar_t>();
+    const double* cp = c_sq.const_data_ptr<double>();
+    int64_t* lp = labels.data_ptr<int64_t>();
+    at::parallel_for(0, P * M, 2048, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* row = dp + i * k;
+        const double* cn = cp + (i / M) * k;
+        int64_t best = 0;
+        double best_val = cn[0] - 2.0 * static_cast<double>(row[0]);  // |x - c|^2 - |x|^2
+        for (int64_t j = 1; j < k; ++j) {
+          const double v = cn[j] - 2.0 * static_cast<double>(row[j]);
+          if (v < best_val) {
+            best_val = v;
+            best = j;
+          }
+        }
+        lp[i] = best;
+      }
+    });
+  });
+  return labels;
 }
 
 }  // namespace
@@ -49,7 +74,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmeans(const at::Tensor& x_in, co
                 " points; need between k = ", k, " and M = ", M);
   const auto long_opts = x.options().dtype(at::kLong);
   const at::Tensor valid = at::arange(M, long_opts).unsqueeze(0) < counts.unsqueeze(1);  // (P, M)
-  const at::Tensor x_sq = x.square().sum(2).to(at::kDouble);  // (P, M)
 
   // ---- k-means++ seeding, one problem per task (its points stay in cache for all k rounds).
   at::Tensor centroids = at::empty({P, k, d}, x.options());
@@ -57,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmeans(const at::Tensor& x_in, co
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = cnt[p];
       const at::Tensor xp = x.select(0, p).narrow(0, 0, n);
-      const at::Tensor xp_sq = x_sq.select(0, p).narrow(0, 0, n);
+      const at::Tensor xp_sq = xp.square().sum(1).to(at::kDouble);
       at::Tensor cp = centroids.select(0, p);
       // |x - c|^2 in float64 from a matrix-vector product, clamped at 0.
       auto sq_dist = [&](int64_t i) {

@@ -29,11 +29,16 @@ at::Tensor gram_eigenvalues(const at::Tensor& a) {
 namespace {
 
 constexpr int64_t kRowQuantum = 8;              // bucket rows are rounded up to a multiple of this
-constexpr int64_t kMaxBucketBytes = 64 << 20;  // float64 rows staged per batched call
+constexpr int64_t kChunkBytes = 4 << 20;        // float64 rows staged per batched call (cache sized,
+                                                // and far below glibc's mmap threshold)
 
 // Eigenvalues of the Gram matrices of many (rows_i, d) float64 matrices.
-// fill(i, dst) writes matrix i's rows_i x d entries (row-major, pre-zeroed) to dst;
+// fill(i, dst) writes matrix i's rows_i x d entries (row-major) to dst;
 // reduce(i, eig, m) receives its m eigenvalues (m >= the Gram side; extras are zeros).
+//
+// Matrices of similar size share a bucket (rows rounded up, zero padded); each
+// bucket is cut into chunks that are one batched GEMM and one batched eigensolve.
+// Chunks run in parallel, largest first, dealt round-robin to the threads.
 void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const std::function<void(int64_t, double*)>& fill,
                   const std::function<void(int64_t, const double*, int64_t)>& reduce) {
   // Matrices with rows <= d use Z Z^T (side = padded rows), taller ones Z^T Z (side d).
@@ -43,34 +48,60 @@ void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const std::functi
     const int64_t key = rows[i] <= d ? std::min(d, (rows[i] + kRowQuantum - 1) / kRowQuantum * kRowQuantum) : -1;
     buckets[key].push_back(i);
   }
-  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  struct Chunk {
+    bool tall;
+    int64_t rpad;
+    std::vector<int64_t> ids;
+    double cost;
+  };
+  std::vector<Chunk> chunks;
   for (const auto& [key, ids] : buckets) {
     int64_t rpad = key;
     if (key < 0)
       for (int64_t i : ids) rpad = std::max(rpad, rows[i]);
-    const int64_t per_chunk = std::max<int64_t>(1, kMaxBucketBytes / (8 * rpad * d));
+    const int64_t side = key < 0 ? d : rpad;
+    const int64_t per_chunk = std::max<int64_t>(1, kChunkBytes / (8 * rpad * d));
     for (size_t start = 0; start < ids.size(); start += per_chunk) {
-      const int64_t nb = std::min<int64_t>(per_chunk, ids.size() - start);
-      at::Tensor z = at::empty({nb, rpad, d}, opts);
-      double* zp = z.data_ptr<double>();
-      at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r = rows[ids[start + b]];
-          fill(ids[start + b], zp + b * rpad * d);
-          std::fill(zp + (b * rpad + r) * d, zp + (b + 1) * rpad * d, 0.0);
-        }
-      });
-      const at::Tensor gram = key >= 0 ? at::bmm(z, z.transpose(1, 2)) : at::bmm(z.transpose(1, 2), z);
-      // One batched eigensolve per thread: LAPACK parallelizes poorly at these sizes.
-      at::Tensor eig = at::empty({nb, gram.size(1)}, opts);
-      at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-        eig.narrow(0, b0, b1 - b0).copy_(at::linalg_eigvalsh(gram.narrow(0, b0, b1 - b0)));
-      });
-      const int64_t m = eig.size(1);
-      const double* ep = eig.const_data_ptr<double>();
-      for (int64_t b = 0; b < nb; ++b) reduce(ids[start + b], ep + b * m, m);
+      const size_t stop = std::min(ids.size(), start + per_chunk);
+      const double n = static_cast<double>(stop - start);
+      chunks.push_back({key < 0, rpad, std::vector<int64_t>(ids.begin() + start, ids.begin() + stop),
+                        n * (static_cast<double>(rpad) * side * d + static_cast<double>(side) * side * side)});
     }
   }
+  std::sort(chunks.begin(), chunks.end(), [](const Chunk& a, const Chunk& b) { return a.cost > b.cost; });
+
+  // One chunk at a time per thread (BLAS/LAPACK run single-threaded inside the
+  // parallel region), with buffers allocated once per thread.
+  int64_t z_max = 0, g_max = 0;
+  for (const Chunk& ch : chunks) {
+    const int64_t nb = ch.ids.size(), side = ch.tall ? d : ch.rpad;
+    z_max = std::max(z_max, nb * ch.rpad * d);
+    g_max = std::max(g_max, nb * side * side);
+  }
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), chunks.size()));
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    at::Tensor z_buf = at::empty({z_max}, opts), g_buf = at::empty({g_max}, opts);
+    for (int64_t t = t0; t < t1; ++t)
+      for (size_t c = t; c < chunks.size(); c += threads) {
+        const Chunk& ch = chunks[c];
+        const int64_t nb = ch.ids.size(), rpad = ch.rpad, side = ch.tall ? d : rpad;
+        at::Tensor z = z_buf.narrow(0, 0, nb * rpad * d).view({nb, rpad, d});
+        double* zp = z.data_ptr<double>();
+        for (int64_t b = 0; b < nb; ++b) {
+          fill(ch.ids[b], zp + b * rpad * d);
+          std::fill(zp + (b * rpad + rows[ch.ids[b]]) * d, zp + (b + 1) * rpad * d, 0.0);
+        }
+        at::Tensor gram = g_buf.narrow(0, 0, nb * side * side).view({nb, side, side});
+        if (ch.tall)
+          at::bmm_out(gram, z.transpose(1, 2), z);
+        else
+          at::bmm_out(gram, z, z.transpose(1, 2));
+        const at::Tensor eig = at::linalg_eigvalsh(gram).contiguous();
+        const double* ep = eig.const_data_ptr<double>();
+        for (int64_t b = 0; b < nb; ++b) reduce(ch.ids[b], ep + b * side, side);
+      }
+  });
 }
 
 // Groups the points of each problem by label: order[p * M ...] lists point
@@ -156,11 +187,11 @@ std::tuple<at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in, const at:
   return {values.to(x.scalar_type()), counts};
 }
 
-at::Tensor effective_rank(const at::Tensor& x_in) {
-  check_points(x_in, "effective_rank");
-  check_cpu(x_in, "effective_rank");
-  const at::Tensor x = x_in.contiguous();
+at::Tensor effective_rank(const at::Tensor& x) {
+  check_points(x, "effective_rank");
+  check_cpu(x, "effective_rank");
   const int64_t P = x.size(0), m = x.size(1), d = x.size(2);
+  const int64_t s0 = x.stride(0), s1 = x.stride(1), s2 = x.stride(2);  // strided views are read in place
   at::Tensor out = at::empty({P}, x.options().dtype(at::kDouble));
   double* op = out.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_effective_rank_cpu", [&] {
@@ -168,8 +199,10 @@ at::Tensor effective_rank(const at::Tensor& x_in) {
     gram_spectra(
         std::vector<int64_t>(P, m), d,
         [&](int64_t p, double* dst) {
-          const scalar_t* src = xp + p * m * d;
-          for (int64_t t = 0; t < m * d; ++t) dst[t] = static_cast<double>(src[t]);
+          for (int64_t r = 0; r < m; ++r) {
+            const scalar_t* src = xp + p * s0 + r * s1;
+            for (int64_t t = 0; t < d; ++t) dst[r * d + t] = static_cast<double>(src[t * s2]);
+          }
         },
         [&](int64_t p, const double* eig, int64_t side) {
           op[p] = effective_rank_from_eigs(eig, side, std::min(m, d));
