@@ -139,9 +139,8 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
     if m_dim not in M_DIM_MODES:
         raise ValueError(f"m_dim must be one of {M_DIM_MODES}, got {m_dim!r}")
     _check_clusters(local_clusters, "local_clusters", N, "an image")
-    last_group = (B - (-(-B // group_size) - 1) * group_size) * N
-    _check_clusters(global_clusters, "global_clusters", min(group_size * N, last_group) if B > group_size
-                    else B * N, "a group of images", minimum=2)
+    smallest_group = (B - (-(-B // group_size) - 1) * group_size) * N  # the last group's tokens
+    _check_clusters(global_clusters, "global_clusters", smallest_group, "a group of images", minimum=2)
     if local_labels is not None:
         local_labels = check_labels(local_labels, (B, N), local_clusters, x.device, "local_labels")
     if global_labels is not None:

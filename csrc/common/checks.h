@@ -22,6 +22,13 @@ inline void check_labels(const at::Tensor& labels, const at::Tensor& x, const ch
               " but x is on ", x.device());
 }
 
+// Labels must lie in [-1, k) (-1 = ignored point). Reads two reductions.
+inline void check_label_range(const at::Tensor& labels, int64_t k, const char* op) {
+  if (labels.numel() == 0) return;
+  const int64_t lo = labels.min().item<int64_t>(), hi = labels.max().item<int64_t>();
+  TORCH_CHECK(lo >= -1 && hi < k, "dse::", op, ": labels must lie in [-1, ", k, "), got [", lo, ", ", hi, "]");
+}
+
 inline void check_cpu(const at::Tensor& t, const char* op) {
   TORCH_CHECK(t.device().is_cpu(), "dse::", op, ": expected a CPU tensor, got one on ", t.device());
 }

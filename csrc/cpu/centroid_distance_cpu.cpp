@@ -56,11 +56,8 @@ at::Tensor nearest_other_centroid_distance(const at::Tensor& x_in, const at::Ten
   } else {
     valid = at::ones({P, k}, x_in.options().dtype(at::kBool));
   }
-  const at::Tensor labels = labels_in;
-  if (labels.numel() > 0) {
-    const int64_t lo = labels.min().item<int64_t>(), hi = labels.max().item<int64_t>();
-    TORCH_CHECK(lo >= -1 && hi < k, "dse::", op, ": labels must lie in [-1, ", k, "), got [", lo, ", ", hi, "]");
-  }
+  const at::Tensor& labels = labels_in;
+  check_label_range(labels, k, op);
   const at::Tensor x = x_in.contiguous(), c = centroids_in.contiguous();
 
   // Squared distance up to |x|^2, with the own and the missing centroids excluded.

@@ -141,12 +141,6 @@ void fill_centred(const scalar_t* x, const int64_t* members, int64_t n, int64_t 
   }
 }
 
-void check_label_range(const at::Tensor& labels, int64_t k, const char* op) {
-  if (labels.numel() == 0) return;
-  const int64_t lo = labels.min().item<int64_t>(), hi = labels.max().item<int64_t>();
-  TORCH_CHECK(lo >= -1 && hi < k, "dse::", op, ": labels must lie in [-1, ", k, "), got [", lo, ", ", hi, "]");
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in, const at::Tensor& labels_in, int64_t k) {
