@@ -1,9 +1,10 @@
 // Batched k-means on the CPU.
 //
-// Every stage runs on all P problems at once (batched GEMMs for distances and
-// centroid sums), each problem keeps its own convergence flag and freezes once
-// its centroid shift is <= tol, so the result of a problem does not depend on
-// the other problems in the batch or on the thread count.
+// Seeding runs one problem per thread; each Lloyd iteration runs on all P
+// problems at once (a batched distance GEMM, a fused argmin, one index_add for
+// the centroid sums). Every problem keeps its own convergence flag and freezes
+// once its centroid shift is <= tol, so its result does not depend on the other
+// problems in the batch.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
