@@ -164,6 +164,9 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
         _, local_labels = ops.kmeans(x, local_clusters, seed=derive_seed(seed, "local"), **kmeans_opts)
     css_local, n_local = ops.centered_singular_sum(x, local_labels, local_clusters)
     ok_local = n_local >= 2
+    if not bool(ok_local.any()):
+        raise ValueError("no image has a local cluster of >= 2 tokens: M_intra_image is undefined; "
+                         "lower local_clusters or pass more tokens per image")
     per_image = _masked_mean(css_local, ok_local, dim=1)
     m_intra_image = _masked_mean(per_image, ok_local.any(dim=1)) / avg_l2
 
@@ -177,6 +180,8 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
         labels_g = _group_labels(global_labels, group_size)
         centroids, present = _segment_means(xg, labels_g, global_clusters)
     css_global, n_global = ops.centered_singular_sum(xg, labels_g, global_clusters)
+    if not bool((n_global >= 2).any()):
+        raise ValueError("no global cluster has >= 2 tokens: M_intra_batch is undefined; lower global_clusters")
     m_intra_batch = _masked_mean(css_global, n_global >= 2) / avg_l2
 
     dist = ops.nearest_other_centroid_distance(xg, centroids, labels_g, present)

@@ -93,6 +93,15 @@ def test_single_cluster_labels_leave_m_inter_undefined():
         dse_ext.dse(x, global_clusters=4, global_labels=torch.zeros(4, 10, dtype=torch.long))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_cluster_with_two_tokens(backend):
+    x = feats(4, 3, 8)  # 3 tokens per image, 3 local clusters: every cluster has one token
+    with pytest.raises(ValueError, match="no image has a local cluster of >= 2 tokens"):
+        dse_ext.dse(x, backend=backend, global_clusters=4)
+    with pytest.raises(ValueError, match="no global cluster has >= 2 tokens"):
+        dse_ext.dse(feats(2, 3, 8), backend=backend, local_clusters=1, global_clusters=6, group_size=2)
+
+
 def test_constant_features():
     with pytest.raises(ValueError, match="identical"):
         dse_ext.dse(torch.ones(4, 10, 8), global_clusters=4)
