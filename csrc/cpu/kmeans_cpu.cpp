@@ -1,54 +1,137 @@
 // Batched k-means on the CPU.
 //
-// Seeding runs one problem per thread; each Lloyd iteration runs on all P
-// problems at once (a batched distance GEMM, a fused argmin, one index_add for
-// the centroid sums). Every problem keeps its own convergence flag and freezes
-// once its centroid shift is <= tol, so its result does not depend on the other
-// problems in the batch.
+// Each problem is solved whole by one thread (seeding, every Lloyd iteration,
+// the final assignment), so its points stay in that core's cache throughout and
+// it stops on its own convergence test; threads take the next unsolved problem
+// as they finish. Distances come from a small GEMM (|c|^2 - 2 x.c, in float64
+// from the GEMM's dot products), centroid means are accumulated in float64.
+// A problem's result depends only on its own points, never on the batch.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
 #include "common/checks.h"
 #include "common/rng.h"
 #include "cpu/kernels.h"
+#include "cpu/lapack.h"
 
 namespace dse::cpu {
 namespace {
 
-// Nearest centroid of every point: x (P, M, d), c (P, k, d) -> (P, M) int64.
-// Ties go to the lowest cluster index.
-at::Tensor assign(const at::Tensor& x, const at::Tensor& c) {
-  const int64_t P = x.size(0), M = x.size(1), k = c.size(1);
-  const at::Tensor dots = at::bmm(x, c.transpose(1, 2)).contiguous();  // (P, M, k)
-  const at::Tensor c_sq = c.to(at::kDouble).square().sum(2).contiguous();  // (P, k)
-  at::Tensor labels = at::empty({P, M}, x.options().dtype(at::kLong));
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_kmeans_assign", [&] {
-    const scalar_t* dp = dots.const_data_ptr<scalar_t>();
-    const double* cp = c_sq.const_data_ptr<double>();
-    int64_t* lp = labels.data_ptr<int64_t>();
-    at::parallel_for(0, P * M, 2048, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t* row = dp + i * k;
-        const double* cn = cp + (i / M) * k;
-        int64_t best = 0;
-        double best_val = cn[0] - 2.0 * static_cast<double>(row[0]);  // |x - c|^2 - |x|^2
-        for (int64_t j = 1; j < k; ++j) {
-          const double v = cn[j] - 2.0 * static_cast<double>(row[j]);
-          if (v < best_val) {
-            best_val = v;
-            best = j;
-          }
-        }
-        lp[i] = best;
+// Per-thread buffers, sized for the largest problem.
+template <typename scalar_t>
+struct Workspace {
+  Workspace(int64_t M, int64_t k, int64_t d)
+      : dots(M * k), xsq(M), dist2(M), cum(M), csq(k), sums(k * d), centroids(k * d), members(k) {}
+  std::vector<scalar_t> dots;  // (M, k) x . c
+  std::vector<double> xsq, dist2, cum, csq, sums, centroids;  // centroids: (k, d) float64 copy
+  std::vector<int64_t> members;
+};
+
+// k-means++ seeding of one problem: writes k rows of x to c (k, d).
+// Draw j uses uniform01(seed, stream, j); weights are D^2 (init 0) or D (init 1).
+template <typename scalar_t>
+void seed_plus_plus(const scalar_t* x, int64_t n, int64_t d, int64_t k, int64_t init, uint64_t seed, uint64_t stream,
+                    scalar_t* c, Workspace<scalar_t>& ws) {
+  for (int64_t i = 0; i < n; ++i) {
+    double s = 0.0;
+    for (int64_t t = 0; t < d; ++t) s += static_cast<double>(x[i * d + t]) * static_cast<double>(x[i * d + t]);
+    ws.xsq[i] = s;
+  }
+  // |x_i - x_chosen|^2 for every i, clamped at 0 against rounding.
+  auto distances_to = [&](int64_t chosen, double* out, bool keep_min) {
+    gemm_abt(n, 1, d, x, d, x + chosen * d, d, ws.dots.data(), 1);
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = std::max(0.0, ws.xsq[i] - 2.0 * static_cast<double>(ws.dots[i]) + ws.xsq[chosen]);
+      out[i] = keep_min ? std::min(out[i], v) : v;
+    }
+  };
+  int64_t chosen = std::min<int64_t>(static_cast<int64_t>(uniform01(seed, stream, 0) * n), n - 1);
+  std::copy(x + chosen * d, x + (chosen + 1) * d, c);
+  distances_to(chosen, ws.dist2.data(), false);
+  for (int64_t j = 1; j < k; ++j) {
+    double total = 0.0;
+    int64_t last_positive = -1;
+    for (int64_t i = 0; i < n; ++i) {
+      const double w = init == 0 ? ws.dist2[i] : std::sqrt(ws.dist2[i]);
+      if (w > 0.0) last_positive = i;
+      ws.cum[i] = total += w;
+    }
+    const double u = uniform01(seed, stream, j);
+    if (total > 0.0) {  // first point whose cumulative weight exceeds u * total
+      chosen = std::upper_bound(ws.cum.begin(), ws.cum.begin() + n, u * total) - ws.cum.begin();
+      if (chosen >= n) chosen = last_positive;
+    } else {  // every point coincides with a chosen centroid
+      chosen = std::min<int64_t>(static_cast<int64_t>(u * n), n - 1);
+    }
+    std::copy(x + chosen * d, x + (chosen + 1) * d, c + j * d);
+    distances_to(chosen, ws.dist2.data(), true);
+  }
+}
+
+// Nearest centroid of each of the n points (ties to the lowest index).
+template <typename scalar_t>
+void assign(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t k, int64_t* labels,
+            Workspace<scalar_t>& ws) {
+  gemm_abt(n, k, d, x, d, c, d, ws.dots.data(), k);
+  for (int64_t j = 0; j < k; ++j) {
+    double s = 0.0;
+    for (int64_t t = 0; t < d; ++t) s += static_cast<double>(c[j * d + t]) * static_cast<double>(c[j * d + t]);
+    ws.csq[j] = s;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t* row = ws.dots.data() + i * k;
+    int64_t best = 0;
+    double best_val = ws.csq[0] - 2.0 * static_cast<double>(row[0]);  // |x - c|^2 - |x|^2
+    for (int64_t j = 1; j < k; ++j) {
+      const double v = ws.csq[j] - 2.0 * static_cast<double>(row[j]);
+      if (v < best_val) {
+        best_val = v;
+        best = j;
       }
-    });
-  });
-  return labels;
+    }
+    labels[i] = best;
+  }
+}
+
+// Lloyd iterations from the seeded centroids c; returns the number of updates made.
+// Stops after the first update whose centroid shift (Frobenius norm) is <= tol.
+template <typename scalar_t>
+int64_t lloyd(const scalar_t* x, int64_t n, int64_t d, int64_t k, int64_t max_iters, double tol, scalar_t* c,
+              int64_t* labels, Workspace<scalar_t>& ws) {
+  for (int64_t i = 0; i < k * d; ++i) ws.centroids[i] = static_cast<double>(c[i]);
+  int64_t it = 0;
+  while (it < max_iters) {
+    assign(x, n, d, c, k, labels, ws);
+    std::fill(ws.sums.begin(), ws.sums.end(), 0.0);
+    std::fill(ws.members.begin(), ws.members.end(), 0);
+    for (int64_t i = 0; i < n; ++i) {
+      double* s = ws.sums.data() + labels[i] * d;
+      const scalar_t* row = x + i * d;
+      for (int64_t t = 0; t < d; ++t) s[t] += static_cast<double>(row[t]);
+      ws.members[labels[i]] += 1;
+    }
+    double shift2 = 0.0;
+    for (int64_t j = 0; j < k; ++j) {
+      if (ws.members[j] == 0) continue;  // an empty cluster keeps its centroid
+      const double inv = 1.0 / static_cast<double>(ws.members[j]);
+      for (int64_t t = 0; t < d; ++t) {
+        const double updated = ws.sums[j * d + t] * inv;
+        const double diff = updated - ws.centroids[j * d + t];
+        shift2 += diff * diff;
+        ws.centroids[j * d + t] = updated;
+        c[j * d + t] = static_cast<scalar_t>(updated);
+      }
+    }
+    ++it;
+    if (std::sqrt(shift2) <= tol) break;
+  }
+  return it;
 }
 
 }  // namespace
@@ -73,63 +156,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmeans(const at::Tensor& x_in, co
   for (int64_t p = 0; p < P; ++p)
     TORCH_CHECK(cnt[p] >= k && cnt[p] <= M, "dse::kmeans: problem ", p, " has ", cnt[p],
                 " points; need between k = ", k, " and M = ", M);
-  const auto long_opts = x.options().dtype(at::kLong);
-  const at::Tensor valid = at::arange(M, long_opts).unsqueeze(0) < counts.unsqueeze(1);  // (P, M)
 
-  // ---- k-means++ seeding, one problem per task (its points stay in cache for all k rounds).
   at::Tensor centroids = at::empty({P, k, d}, x.options());
-  at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t n = cnt[p];
-      const at::Tensor xp = x.select(0, p).narrow(0, 0, n);
-      const at::Tensor xp_sq = xp.square().sum(1).to(at::kDouble);
-      at::Tensor cp = centroids.select(0, p);
-      // |x - c|^2 in float64 from a matrix-vector product, clamped at 0.
-      auto sq_dist = [&](int64_t i) {
-        const at::Tensor c = xp.select(0, i);
-        const double c_sq = xp_sq.select(0, i).item<double>();
-        return (xp_sq - 2.0 * at::mv(xp, c).to(at::kDouble) + c_sq).clamp_min_(0.0);
-      };
-      int64_t chosen = std::min<int64_t>(static_cast<int64_t>(uniform01(seed, p, 0) * n), n - 1);
-      cp.select(0, 0).copy_(xp.select(0, chosen));
-      at::Tensor dist2 = sq_dist(chosen);
-      std::vector<double> cum(n);
-      for (int64_t j = 1; j < k; ++j) {
-        const double* w = dist2.const_data_ptr<double>();
-        double total = 0.0;
-        for (int64_t i = 0; i < n; ++i) cum[i] = total += (init == 0 ? w[i] : std::sqrt(w[i]));
-        const double u = uniform01(seed, p, j);
-        if (total > 0.0)  // first point whose cumulative weight exceeds u * total
-          chosen = std::min<int64_t>(std::upper_bound(cum.begin(), cum.end(), u * total) - cum.begin(), n - 1);
-        else  // every point coincides with a chosen centroid
-          chosen = std::min<int64_t>(static_cast<int64_t>(u * n), n - 1);
-        cp.select(0, j).copy_(xp.select(0, chosen));
-        at::minimum_out(dist2, dist2, sq_dist(chosen));
+  at::Tensor labels = at::full({P, M}, -1, x.options().dtype(at::kLong));  // padding points keep -1
+  at::Tensor iterations = at::zeros({P}, x.options().dtype(at::kLong));
+  int64_t* lp = labels.data_ptr<int64_t>();
+  int64_t* ip = iterations.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_kmeans_cpu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* cp = centroids.data_ptr<scalar_t>();
+    std::atomic<int64_t> next{0};
+    const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), P));
+    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+      Workspace<scalar_t> ws(M, k, d);
+      for (int64_t p = next++; p < P; p = next++) {
+        const scalar_t* xq = xp + p * M * d;
+        scalar_t* cq = cp + p * k * d;
+        int64_t* lq = lp + p * M;
+        seed_plus_plus(xq, cnt[p], d, k, init, static_cast<uint64_t>(seed), static_cast<uint64_t>(p), cq, ws);
+        ip[p] = lloyd(xq, cnt[p], d, k, max_iters, tol, cq, lq, ws);
+        assign(xq, cnt[p], d, cq, k, lq, ws);  // labels refer to the returned centroids
       }
-    }
+    });
   });
-
-  // ---- Lloyd iterations with per-problem stopping.
-  const at::Tensor flat_x = x.view({P * M, d});
-  const at::Tensor offsets = (at::arange(P, long_opts) * k).unsqueeze(1);  // (P, 1)
-  const at::Tensor invalid = valid.logical_not();
-  at::Tensor active = at::ones({P}, x.options().dtype(at::kBool));
-  at::Tensor iterations = at::zeros({P}, long_opts);
-  for (int64_t it = 0; it < max_iters; ++it) {
-    // Padding points go to a dump row P * k that is dropped.
-    const at::Tensor slot = (assign(x, centroids) + offsets).masked_fill_(invalid, P * k).view({P * M});
-    const at::Tensor sums = at::zeros({P * k + 1, d}, x.options()).index_add_(0, slot, flat_x);
-    const at::Tensor members = at::zeros({P * k + 1}, x.options()).index_add_(0, slot, at::ones({P * M}, x.options()));
-    const at::Tensor n = members.narrow(0, 0, P * k).view({P, k, 1});
-    // An empty cluster keeps its centroid.
-    const at::Tensor updated = at::where(n > 0, sums.narrow(0, 0, P * k).view({P, k, d}) / n.clamp_min(1), centroids);
-    const at::Tensor shift = (updated.to(at::kDouble) - centroids.to(at::kDouble)).square().sum({1, 2}).sqrt();
-    centroids = at::where(active.view({P, 1, 1}), updated, centroids);
-    iterations += active.to(at::kLong);
-    active = active.logical_and(shift > tol);
-    if (!active.any().item<bool>()) break;
-  }
-  at::Tensor labels = assign(x, centroids).masked_fill_(valid.logical_not(), -1);  // refer to the returned centroids
   return {centroids, labels, iterations};
 }
 

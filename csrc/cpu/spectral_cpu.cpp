@@ -17,24 +17,29 @@
 #include "common/checks.h"
 #include "common/spectrum.h"
 #include "cpu/kernels.h"
+#include "cpu/batched_eigen.h"
+#include "cpu/lapack.h"
 
 namespace dse::cpu {
 
 at::Tensor gram_eigenvalues(const at::Tensor& a) {
   TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kDouble, "gram_eigenvalues expects a float64 matrix");
-  const at::Tensor g = a.size(0) <= a.size(1) ? at::mm(a, a.t()) : at::mm(a.t(), a);
-  return at::linalg_eigvalsh(g);
+  at::Tensor g = (a.size(0) <= a.size(1) ? at::mm(a, a.t()) : at::mm(a.t(), a)).contiguous();
+  at::Tensor eig = at::empty({g.size(0)}, g.options());
+  SymmetricEigenvalues()(g.data_ptr<double>(), g.size(0), std::max<int64_t>(1, g.size(0)), eig.data_ptr<double>());
+  return eig;
 }
 
 namespace {
 
 constexpr int64_t kRowQuantum = 8;              // bucket rows are rounded up to a multiple of this
+constexpr int64_t kMaxInterleavedSide = 128;  // larger Gram matrices go to LAPACK one by one
 constexpr int64_t kChunkBytes = 4 << 20;        // float64 rows staged per batched call (cache sized,
                                                 // and far below glibc's mmap threshold)
 
 // Eigenvalues of the Gram matrices of many (rows_i, d) float64 matrices.
 // fill(i, dst) writes matrix i's rows_i x d entries (row-major) to dst;
-// reduce(i, eig, m) receives its m eigenvalues (m >= the Gram side; extras are zeros).
+// reduce(i, eig, m) receives its m eigenvalues (m = the Gram side: min(rows_i, d)).
 //
 // Matrices of similar size share a bucket (rows rounded up, zero padded); each
 // bucket is cut into chunks that are one batched GEMM and one batched eigensolve.
@@ -55,7 +60,9 @@ void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const std::functi
     double cost;
   };
   std::vector<Chunk> chunks;
-  for (const auto& [key, ids] : buckets) {
+  for (auto& [key, ids] : buckets) {
+    // Similar sizes side by side, so the interleaved eigensolver's lanes share an order.
+    std::stable_sort(ids.begin(), ids.end(), [&](int64_t a, int64_t b) { return rows[a] < rows[b]; });
     int64_t rpad = key;
     if (key < 0)
       for (int64_t i : ids) rpad = std::max(rpad, rows[i]);
@@ -82,6 +89,11 @@ void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const std::functi
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), chunks.size()));
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
     at::Tensor z_buf = at::empty({z_max}, opts), g_buf = at::empty({g_max}, opts);
+    std::vector<double> eig(d);
+    SymmetricEigenvalues eigenvalues;
+    const int64_t packed_side = std::min(d, kMaxInterleavedSide);
+    std::vector<double> packed(packed_side * packed_side * kLanes), packed_eig(packed_side * kLanes),
+        packed_work(interleaved_eigen_workspace(packed_side));
     for (int64_t t = t0; t < t1; ++t)
       for (size_t c = t; c < chunks.size(); c += threads) {
         const Chunk& ch = chunks[c];
@@ -97,9 +109,37 @@ void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const std::functi
           at::bmm_out(gram, z.transpose(1, 2), z);
         else
           at::bmm_out(gram, z, z.transpose(1, 2));
-        const at::Tensor eig = at::linalg_eigvalsh(gram).contiguous();
-        const double* ep = eig.const_data_ptr<double>();
-        for (int64_t b = 0; b < nb; ++b) reduce(ch.ids[b], ep + b * side, side);
+        // Padding rows only add a zero border to Z Z^T: each matrix's spectrum is
+        // that of its leading rows x rows block.
+        double* gp = gram.data_ptr<double>();
+        int64_t b = 0;
+        if (!ch.tall && side <= kMaxInterleavedSide)
+          for (; b + 1 < nb; b += kLanes) {  // kLanes matrices at a time (a lone last one goes to LAPACK)
+            const int64_t lanes = std::min<int64_t>(kLanes, nb - b);
+            int64_t n = 0;
+            for (int64_t q = 0; q < lanes; ++q) n = std::max(n, rows[ch.ids[b + q]]);
+            std::fill(packed.begin(), packed.begin() + n * n * kLanes, 0.0);
+            for (int64_t q = 0; q < lanes; ++q) {
+              const double* g = gp + (b + q) * side * side;
+              for (int64_t i = 0; i < n; ++i)
+                for (int64_t j = 0; j <= i; ++j) packed[(i * n + j) * kLanes + q] = g[i * side + j];
+            }
+            const int failed = interleaved_eigenvalues(packed.data(), n, packed_eig.data(), packed_work.data());
+            for (int64_t q = 0; q < lanes; ++q) {
+              const int64_t id = ch.ids[b + q], r = rows[id];
+              if (failed & (1 << q)) {  // did not converge: LAPACK on the intact Gram matrix
+                eigenvalues(gp + (b + q) * side * side, r, side, eig.data());
+              } else {  // the largest r of the n eigenvalues (the rest are the zero border)
+                for (int64_t j = 0; j < r; ++j) eig[j] = packed_eig[(n - r + j) * kLanes + q];
+              }
+              reduce(id, eig.data(), r);
+            }
+          }
+        for (; b < nb; ++b) {
+          const int64_t n = ch.tall ? d : rows[ch.ids[b]];
+          eigenvalues(gp + b * side * side, n, side, eig.data());
+          reduce(ch.ids[b], eig.data(), n);
+        }
       }
   });
 }

@@ -1,0 +1,268 @@
+// Interleaved symmetric eigenvalues (see batched_eigen.h).
+//
+// Two stages, both written once on a kLanes-wide vector type and compiled
+// twice (portable and AVX2+FMA):
+//   1. Householder reduction to tridiagonal form (as LAPACK's dsytd2, lower).
+//   2. Implicit QL with Wilkinson shifts on the tridiagonal matrix (EISPACK's
+//      tql1), eigenvalues only. Off-diagonal entries below eps * ||T|| are
+//      treated as zero, which moves no eigenvalue by more than that.
+// Each lane is first scaled by its largest entry, so squares cannot overflow.
+#include "cpu/batched_eigen.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace dse::cpu {
+namespace {
+
+// may_alias + aligned(8): the vectors live inside plain double arrays.
+typedef double vd __attribute__((vector_size(kLanes * 8), aligned(8), may_alias));
+typedef long long vm __attribute__((vector_size(kLanes * 8), aligned(8), may_alias));  // lane masks: 0 or -1
+
+constexpr double kEps = 2.220446049250313e-16;
+constexpr int kMaxSweeps = 60;  // QL sweeps per eigenvalue before a lane is declared failed
+
+#define DSE_INLINE inline __attribute__((always_inline))
+
+DSE_INLINE vd splat(double v) {
+  vd r;
+  for (int l = 0; l < kLanes; ++l) r[l] = v;
+  return r;
+}
+DSE_INLINE vd select(vm m, vd a, vd b) {  // m ? a : b, lane by lane
+  return reinterpret_cast<vd>((m & reinterpret_cast<vm>(a)) | (~m & reinterpret_cast<vm>(b)));
+}
+DSE_INLINE vd vabs(vd x) {
+  vd r;
+  for (int l = 0; l < kLanes; ++l) r[l] = std::fabs(x[l]);
+  return r;
+}
+DSE_INLINE vd vsqrt(vd x) {
+  vd r;
+  for (int l = 0; l < kLanes; ++l) r[l] = __builtin_sqrt(x[l]);
+  return r;
+}
+DSE_INLINE bool any(vm m) {
+  long long acc = 0;
+  for (int l = 0; l < kLanes; ++l) acc |= m[l];
+  return acc != 0;
+}
+
+// Stage 1. a: interleaved n x n (lower triangle), n >= 1. Writes the diagonal
+// to d[0..n) and the sub-diagonal to e[0..n-1), e[n-1] = 0. work: 2n vectors.
+DSE_INLINE void tridiagonalize(vd* a, int64_t n, vd* d, vd* e, vd* work) {
+  vd* v = work;
+  vd* w = work + n;
+  for (int64_t k = 0; k + 2 < n; ++k) {
+    const int64_t m = n - k - 1;  // entries below the diagonal in column k
+    vd norm2 = splat(0.0);
+    for (int64_t i = 0; i < m; ++i) {
+      const vd x = a[(k + 1 + i) * n + k];
+      v[i] = x;
+      norm2 += x * x;
+    }
+    // Reflector I - tau v v^T mapping the column to (alpha, 0, ..., 0).
+    vd tau, alpha;
+    for (int l = 0; l < kLanes; ++l) {
+      const double nrm = __builtin_sqrt(norm2[l]), x0 = v[0][l];
+      const double vnorm2 = 2.0 * (norm2[l] + std::fabs(x0) * nrm);  // |x - alpha e1|^2
+      if (vnorm2 > 0.0) {
+        alpha[l] = x0 >= 0.0 ? -nrm : nrm;
+        tau[l] = 2.0 / vnorm2;
+        v[0][l] = x0 - alpha[l];
+      } else {  // the column is already zero
+        alpha[l] = x0;
+        tau[l] = 0.0;
+      }
+    }
+    d[k] = a[k * n + k];
+    e[k] = alpha;
+    // w = tau A22 v, A22 = trailing m x m block (lower triangle stored).
+    for (int64_t i = 0; i < m; ++i) w[i] = splat(0.0);
+    for (int64_t i = 0; i < m; ++i) {
+      const vd* row = a + (k + 1 + i) * n + (k + 1);
+      const vd vi = v[i];
+      vd acc = row[i] * vi;
+      for (int64_t j = 0; j < i; ++j) {
+        acc += row[j] * v[j];
+        w[j] += row[j] * vi;
+      }
+      w[i] += acc;
+    }
+    vd wv = splat(0.0);
+    for (int64_t i = 0; i < m; ++i) {
+      w[i] *= tau;
+      wv += w[i] * v[i];
+    }
+    const vd half_tau_wv = 0.5 * tau * wv;
+    for (int64_t i = 0; i < m; ++i) w[i] -= half_tau_wv * v[i];
+    // A22 -= v w^T + w v^T (lower triangle).
+    for (int64_t i = 0; i < m; ++i) {
+      vd* row = a + (k + 1 + i) * n + (k + 1);
+      const vd vi = v[i], wi = w[i];
+      for (int64_t j = 0; j <= i; ++j) row[j] -= vi * w[j] + wi * v[j];
+    }
+  }
+  if (n >= 2) {
+    d[n - 2] = a[(n - 2) * n + (n - 2)];
+    e[n - 2] = a[(n - 1) * n + (n - 2)];
+  }
+  d[n - 1] = a[(n - 1) * n + (n - 1)];
+  e[n - 1] = splat(0.0);
+}
+
+// Stage 2: eigenvalues of the tridiagonal (d, e) in place in d (unsorted).
+// Returns the mask of lanes that did not converge.
+DSE_INLINE int ql_eigenvalues(int64_t n, vd* d, vd* e) {
+  vd norm = splat(0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    const vd t = vabs(d[i]) + vabs(e[i]);
+    for (int l = 0; l < kLanes; ++l) norm[l] = std::max(norm[l], t[l]);
+  }
+  const vd threshold = kEps * norm;
+  vm failed = reinterpret_cast<vm>(splat(0.0));
+
+  for (int64_t l = 0; l < n; ++l) {
+    for (int sweep = 0;; ++sweep) {
+      // m: first index >= l whose coupling to m + 1 is negligible (n - 1 if none).
+      long long m_lane[kLanes];
+      vm found = reinterpret_cast<vm>(splat(0.0));
+      for (int q = 0; q < kLanes; ++q) m_lane[q] = n - 1;
+      for (int64_t m = l; m + 1 < n; ++m) {
+        const vm small = vabs(e[m]) <= threshold;
+        const vm fresh = small & ~found;
+        for (int q = 0; q < kLanes; ++q)
+          if (fresh[q]) m_lane[q] = m;
+        found |= small;
+        if (!any(~found)) break;
+      }
+      vm active;
+      int64_t m_max = l;
+      for (int q = 0; q < kLanes; ++q) {
+        active[q] = (m_lane[q] != l && !failed[q]) ? -1 : 0;
+        if (active[q]) m_max = std::max<int64_t>(m_max, m_lane[q]);
+      }
+      if (!any(active)) break;
+      if (sweep == kMaxSweeps) {
+        failed |= active;
+        break;
+      }
+      // Wilkinson shift from the leading 2 x 2 block.
+      vd dm;
+      for (int q = 0; q < kLanes; ++q) dm[q] = d[m_lane[q]][q];
+      vd g = (d[l + 1] - d[l]) / (2.0 * e[l]);
+      vd r = vsqrt(g * g + 1.0);
+      vd signed_r;
+      for (int q = 0; q < kLanes; ++q) signed_r[q] = g[q] >= 0.0 ? std::fabs(r[q]) : -std::fabs(r[q]);
+      g = select(active, dm - d[l] + e[l] / (g + signed_r), g);
+      vd s = splat(1.0), c = splat(1.0), p = splat(0.0);
+      vm deflated = reinterpret_cast<vm>(splat(0.0));
+      for (int64_t i = m_max - 1; i >= l; --i) {
+        vm in_range;
+        for (int q = 0; q < kLanes; ++q) in_range[q] = i < m_lane[q] ? -1 : 0;
+        const vm mask = active & in_range & ~deflated;
+        if (!any(mask)) continue;
+        const vd f = s * e[i], b = c * e[i];
+        r = vsqrt(f * f + g * g);
+        const vm zero = mask & (r == 0.0);
+        const vm go = mask & ~zero;
+        if (any(zero)) {  // underflow: split the matrix here and start over
+          d[i + 1] = select(zero, d[i + 1] - p, d[i + 1]);
+          for (int q = 0; q < kLanes; ++q)
+            if (zero[q]) e[m_lane[q]][q] = 0.0;
+          deflated |= zero;
+        }
+        e[i + 1] = select(go, r, e[i + 1]);
+        const vd s_new = f / r, c_new = g / r;
+        const vd g2 = d[i + 1] - p;
+        const vd r2 = (d[i] - g2) * s_new + 2.0 * c_new * b;
+        const vd p_new = s_new * r2;
+        d[i + 1] = select(go, g2 + p_new, d[i + 1]);
+        g = select(go, c_new * r2 - b, g);
+        s = select(go, s_new, s);
+        c = select(go, c_new, c);
+        p = select(go, p_new, p);
+      }
+      const vm finish = active & ~deflated;
+      d[l] = select(finish, d[l] - p, d[l]);
+      e[l] = select(finish, g, e[l]);
+      for (int q = 0; q < kLanes; ++q)
+        if (finish[q]) e[m_lane[q]][q] = 0.0;
+    }
+  }
+  int mask = 0;
+  for (int q = 0; q < kLanes; ++q)
+    if (failed[q]) mask |= 1 << q;
+  return mask;
+}
+
+DSE_INLINE int eigen_body(double* a_raw, int64_t n, double* eig_raw, double* work_raw) {
+  vd* a = reinterpret_cast<vd*>(a_raw);
+  vd* d = reinterpret_cast<vd*>(eig_raw);
+  vd* e = reinterpret_cast<vd*>(work_raw);
+  vd* scratch = e + n;  // 2n vectors
+  // Scale each lane by its largest entry (the QL step squares entries).
+  vd scale = splat(0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j <= i; ++j) {
+      const vd t = vabs(a[i * n + j]);
+      for (int q = 0; q < kLanes; ++q) scale[q] = std::max(scale[q], t[q]);
+    }
+  for (int q = 0; q < kLanes; ++q) scale[q] = scale[q] > 0.0 && std::isfinite(scale[q]) ? scale[q] : 1.0;
+  const vd inv = 1.0 / scale;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j <= i; ++j) a[i * n + j] *= inv;
+  tridiagonalize(a, n, d, e, scratch);
+  const int failed = ql_eigenvalues(n, d, e);
+  for (int64_t i = 0; i < n; ++i) d[i] *= scale;
+  return failed;
+}
+
+int eigen_portable(double* a, int64_t n, double* eig, double* work) { return eigen_body(a, n, eig, work); }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DSE_HAVE_AVX2_PATH 1
+__attribute__((target("avx2,fma"))) int eigen_avx2(double* a, int64_t n, double* eig, double* work) {
+  return eigen_body(a, n, eig, work);
+}
+#endif
+
+using EigenFn = int (*)(double*, int64_t, double*, double*);
+
+struct Choice {
+  EigenFn fn;
+  const char* isa;
+};
+
+Choice choose() {
+#ifdef DSE_HAVE_AVX2_PATH
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {&eigen_avx2, "avx2"};
+#endif
+  return {&eigen_portable, "portable"};
+}
+
+const Choice& chosen() {
+  static const Choice c = choose();
+  return c;
+}
+
+}  // namespace
+
+int interleaved_eigenvalues(double* a, int64_t n, double* eig, double* work) {
+  if (n <= 0) return 0;
+  const int failed = chosen().fn(a, n, eig, work);
+  // Ascending order per lane (the QL iteration leaves them unsorted).
+  double* lane = work;  // the off-diagonal scratch is no longer needed
+  for (int q = 0; q < kLanes; ++q) {
+    for (int64_t i = 0; i < n; ++i) lane[i] = eig[i * kLanes + q];
+    std::sort(lane, lane + n);
+    for (int64_t i = 0; i < n; ++i) eig[i * kLanes + q] = lane[i];
+  }
+  return failed;
+}
+
+const char* interleaved_eigen_isa() { return chosen().isa; }
+
+}  // namespace dse::cpu

@@ -1,0 +1,34 @@
+// Eigenvalues of many small symmetric float64 matrices, several at a time.
+//
+// The DSE kernels solve hundreds of ~64 x 64 Gram eigenproblems per call. For
+// matrices this small LAPACK's dsytrd is bound by level-2 memory traffic and
+// its QL iteration by the latency of each rotation, so one matrix at a time
+// uses a core poorly. Here kLanes matrices are interleaved entry by entry
+// (entry (i, j) of lane l at ((i * n) + j) * kLanes + l) and every step of the
+// Householder tridiagonalization and of the implicit QL iteration runs on all
+// lanes in one SIMD instruction. Lanes whose QL sweep is shorter or already
+// converged are masked, so each lane computes exactly what a one-matrix
+// implementation would.
+//
+// On x86-64 CPUs with AVX2 and FMA an AVX2 build of the same code is selected
+// at run time; elsewhere the portable build runs.
+#pragma once
+#include <cstdint>
+
+namespace dse::cpu {
+
+inline constexpr int64_t kLanes = 4;
+
+// Scratch doubles needed by interleaved_eigenvalues for order n.
+inline int64_t interleaved_eigen_workspace(int64_t n) { return (4 * n + 2) * kLanes; }
+
+// a: kLanes interleaved symmetric n x n matrices (the lower triangle is read,
+// `a` is overwritten). On return eig[i * kLanes + l] holds lane l's i-th
+// eigenvalue in ascending order. Returns a bit mask of the lanes whose QL
+// iteration did not converge (their eig entries are unspecified): 0 on success.
+int interleaved_eigenvalues(double* a, int64_t n, double* eig, double* work);
+
+// Which implementation interleaved_eigenvalues runs on this CPU: "avx2" or "portable".
+const char* interleaved_eigen_isa();
+
+}  // namespace dse::cpu

@@ -1,0 +1,99 @@
+#include "cpu/lapack.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+
+#ifdef DSE_HAVE_LAPACK
+extern "C" {
+// Fortran BLAS; the trailing arguments are the hidden lengths of the character arguments.
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc,
+            std::size_t, std::size_t);
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc, std::size_t, std::size_t);
+void dsyevd_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda, double* w, double* work,
+             const int* lwork, int* iwork, const int* liwork, int* info, std::size_t, std::size_t);
+}
+#endif
+
+namespace dse::cpu {
+namespace {
+
+template <typename T>
+void gemm_abt_impl(int64_t m, int64_t n, int64_t kk, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
+                   int64_t ldc) {
+  if (m == 0 || n == 0) return;
+#ifdef DSE_HAVE_LAPACK
+  TORCH_CHECK(std::max({m, n, kk, lda, ldb, ldc}) <= INT32_MAX, "gemm_abt: block too large for BLAS");
+  // Column-major view: C^T (n x m) = B (n x kk) * A^T (kk x m).
+  const int mi = static_cast<int>(n), ni = static_cast<int>(m), ki = static_cast<int>(kk);
+  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  const T one = 1, zero = 0;
+  if constexpr (std::is_same_v<T, float>)
+    sgemm_("T", "N", &mi, &ni, &ki, &one, b, &la, a, &lb, &zero, c, &lc, 1, 1);
+  else
+    dgemm_("T", "N", &mi, &ni, &ki, &one, b, &la, a, &lb, &zero, c, &lc, 1, 1);
+#else
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const at::Tensor ta = at::from_blob(const_cast<T*>(a), {m, kk}, {lda, 1}, opts);
+  const at::Tensor tb = at::from_blob(const_cast<T*>(b), {n, kk}, {ldb, 1}, opts);
+  at::Tensor tc = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  at::mm_out(tc, ta, tb.t());
+#endif
+}
+
+}  // namespace
+
+void gemm_abt(int64_t m, int64_t n, int64_t kk, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+              int64_t ldc) {
+  gemm_abt_impl(m, n, kk, a, lda, b, ldb, c, ldc);
+}
+
+void gemm_abt(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
+              int64_t ldc) {
+  gemm_abt_impl(m, n, kk, a, lda, b, ldb, c, ldc);
+}
+
+void SymmetricEigenvalues::operator()(double* a, int64_t n, int64_t lda, double* w) {
+  TORCH_CHECK(n >= 0 && lda >= std::max<int64_t>(n, 1), "SymmetricEigenvalues: bad sizes n = ", n, ", lda = ", lda);
+  if (n == 0) return;
+#ifdef DSE_HAVE_LAPACK
+  TORCH_CHECK(lda <= INT32_MAX, "SymmetricEigenvalues: matrix too large for LAPACK");
+  const char jobz = 'N', uplo = 'L';
+  const int ni = static_cast<int>(n), ldai = static_cast<int>(lda);
+  int info = 0;
+  if (work_n_ != n) {  // workspace query, once per matrix order
+    double work_size = 0.0;
+    int iwork_size = 0;
+    const int query = -1;
+    dsyevd_(&jobz, &uplo, &ni, a, &ldai, w, &work_size, &query, &iwork_size, &query, &info, 1, 1);
+    TORCH_CHECK(info == 0, "dsyevd workspace query failed with info = ", info);
+    work_.resize(std::max<std::size_t>(static_cast<std::size_t>(work_size), 2 * n + 1));
+    iwork_.resize(std::max(iwork_size, 1));
+    work_n_ = n;
+  }
+  const int lwork = static_cast<int>(work_.size()), liwork = static_cast<int>(iwork_.size());
+  dsyevd_(&jobz, &uplo, &ni, a, &ldai, w, work_.data(), &lwork, iwork_.data(), &liwork, &info, 1, 1);
+  TORCH_CHECK(info == 0, "dsyevd failed to converge (info = ", info, ") on a ", n, " x ", n, " Gram matrix");
+#else
+  // at::linalg_eigvalsh reads a row-major tensor; for a symmetric matrix the
+  // lower triangle of the column-major view is the upper one of the row-major view.
+  const at::Tensor block = at::from_blob(a, {n, n}, {lda, 1}, at::TensorOptions().dtype(at::kDouble));
+  const at::Tensor eig = at::linalg_eigvalsh(block, "U").contiguous();
+  std::memcpy(w, eig.const_data_ptr<double>(), n * sizeof(double));
+#endif
+}
+
+bool uses_direct_lapack() {
+#ifdef DSE_HAVE_LAPACK
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace dse::cpu
