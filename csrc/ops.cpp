@@ -23,7 +23,9 @@ TORCH_LIBRARY(dse, m) {
   m.def("cluster_css(Tensor x, Tensor labels, int k) -> (Tensor values, Tensor counts)");
 
   // Normalized effective rank of each (m, d) matrix: x (P, m, d) -> (P,).
-  m.def("effective_rank(Tensor x) -> Tensor");
+  // With index (P, m) int64, x is a (R, d) row table and matrix p is made of
+  // the rows x[index[p, 0]], ..., x[index[p, m - 1]] (no gathered copy is made).
+  m.def("effective_rank(Tensor x, Tensor? index=None) -> Tensor");
 
   // Euclidean distance from each point to the nearest centroid other than its own.
   //   x (P, M, d), centroids (P, k, d), labels (P, M) int64 in [-1, k),

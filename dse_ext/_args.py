@@ -87,8 +87,18 @@ def nearest_other_args(x, centroids, labels, valid):
     return b, c.to(b.x.dtype), labels.reshape(P, M), valid
 
 
-def rank_args(x):
+def rank_args(x, index=None):
+    """x (..., m, d) → (x, None); or a row table x (R, d) with index (..., m) → (x, index as int64)."""
     x = as_float_tensor(x, "x")
-    if x.dim() < 2:
-        raise ValueError(f"x must have shape (..., m, d), got {x.dim()}-D shape {tuple(x.shape)}")
-    return x
+    if index is None:
+        if x.dim() < 2:
+            raise ValueError(f"x must have shape (..., m, d), got {x.dim()}-D shape {tuple(x.shape)}")
+        return x, None
+    if x.dim() != 2 or x.numel() == 0:
+        raise ValueError(f"with index, x must be a non-empty (rows, d) table, got shape {tuple(x.shape)}")
+    if not isinstance(index, torch.Tensor):
+        raise TypeError(f"index must be a torch.Tensor, got {type(index).__name__}")
+    if index.dim() < 1 or index.numel() == 0:
+        raise ValueError(f"index must have shape (..., m) with m >= 1, got {tuple(index.shape)}")
+    index = check_labels(index, tuple(index.shape), x.shape[0], x.device, "index")
+    return x, index

@@ -53,8 +53,8 @@ if _C is not None:
         return x.new_empty(P, k), x.new_empty(P, k, dtype=torch.long)
 
     @torch.library.register_fake("dse::effective_rank")
-    def _effective_rank_fake(x):
-        return x.new_empty(x.shape[0])
+    def _effective_rank_fake(x, index=None):
+        return x.new_empty(x.shape[0] if index is None else index.shape[0])
 
     @torch.library.register_fake("dse::nearest_other_centroid_distance")
     def _nearest_other_fake(x, centroids, labels, valid):

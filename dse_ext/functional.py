@@ -72,19 +72,24 @@ def centered_singular_sum(x, labels, num_clusters: int):
     return (values[0], counts[0]) if b.single else (values, counts)
 
 
-def effective_rank(x):
+def effective_rank(x, index=None):
     """Normalized effective rank of each ``(m, d)`` matrix (not centred).
 
     ``exp(−Σ p_i log p_i) / min(m, d)`` with ``p_i = σ_i / Σσ``; in (0, 1], 0 for an all-zero matrix.
 
     Args:
-        x: ``(..., m, d)``.
+        x: ``(..., m, d)`` matrices; or, with ``index``, a ``(R, d)`` table of rows.
+        index: optional ``(..., m)`` integers in ``[0, R)``: matrix ``i`` is ``x[index[i]]``,
+            read in place (no gathered copy; e.g. one token per image for the per-position M_dim).
 
     Returns:
         ``(...)`` in x's dtype.
     """
-    x = rank_args(x)
+    x, index = rank_args(x, index)
     _require_kernel(x)
+    if index is not None:
+        out = torch.ops.dse.effective_rank(x, index.reshape(-1, index.shape[-1]))
+        return out.reshape(index.shape[:-1])
     lead = x.shape[:-2]
     out = torch.ops.dse.effective_rank(x.reshape(-1, x.shape[-2], x.shape[-1]))
     return out.reshape(lead)

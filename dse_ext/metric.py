@@ -195,8 +195,8 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
     if m_dim == "per_position":
         gen = torch.Generator().manual_seed(derive_seed(seed, "positions"))
         perm = torch.rand(B, N, generator=gen).argsort(dim=1).to(x.device)  # π_b, one per image
-        s = torch.gather(x, 1, perm[:, :, None].expand(B, N, d)).transpose(0, 1)  # (N, B, d)
-        m_dim_value = ops.effective_rank(s).mean()
+        rows = (perm + N * torch.arange(B, device=x.device)[:, None]).t()  # (N, B): S_n = x[b, π_b(n)]
+        m_dim_value = ops.effective_rank(x.reshape(B * N, d), index=rows).mean()
     else:
         m_dim_value = ops.effective_rank(x.reshape(B * N, d))
 

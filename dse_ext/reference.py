@@ -103,9 +103,11 @@ def _effective_rank_single(m: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(p * p.log()).sum()) / min(m.shape)
 
 
-def effective_rank(x):
+def effective_rank(x, index=None):
     """Reference of :func:`dse_ext.functional.effective_rank` (one SVD per matrix)."""
-    x = rank_args(x)
+    x, index = rank_args(x, index)
+    if index is not None:
+        x = x[index]
     flat = x.reshape(-1, x.shape[-2], x.shape[-1])
     out = torch.stack([_effective_rank_single(m) for m in flat])
     return out.to(x.dtype).reshape(x.shape[:-2])

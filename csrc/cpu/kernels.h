@@ -13,7 +13,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmeans(const at::Tensor& x, const
 
 std::tuple<at::Tensor, at::Tensor> cluster_css(const at::Tensor& x, const at::Tensor& labels, int64_t k);
 
-at::Tensor effective_rank(const at::Tensor& x);
+at::Tensor effective_rank(const at::Tensor& x, const std::optional<at::Tensor>& index = std::nullopt);
 
 at::Tensor nearest_other_centroid_distance(const at::Tensor& x, const at::Tensor& centroids,
                                            const at::Tensor& labels, const std::optional<at::Tensor>& valid);

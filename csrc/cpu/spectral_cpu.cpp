@@ -11,13 +11,13 @@
 
 #include <algorithm>
 #include <functional>
-#include <map>
+#include <atomic>
 #include <vector>
 
 #include "common/checks.h"
 #include "common/spectrum.h"
 #include "cpu/kernels.h"
-#include "cpu/batched_eigen.h"
+#include "cpu/interleaved.h"
 #include "cpu/lapack.h"
 
 namespace dse::cpu {
@@ -32,116 +32,108 @@ at::Tensor gram_eigenvalues(const at::Tensor& a) {
 
 namespace {
 
-constexpr int64_t kRowQuantum = 8;              // bucket rows are rounded up to a multiple of this
-constexpr int64_t kMaxInterleavedSide = 128;  // larger Gram matrices go to LAPACK one by one
-constexpr int64_t kChunkBytes = 4 << 20;        // float64 rows staged per batched call (cache sized,
-                                                // and far below glibc's mmap threshold)
+constexpr int64_t kMaxInterleavedRows = 128;  // larger matrices go to BLAS + LAPACK one at a time
+
+using Fill = std::function<void(int64_t, double*, int64_t)>;
+using Reduce = std::function<void(int64_t, const double*, int64_t)>;
 
 // Eigenvalues of the Gram matrices of many (rows_i, d) float64 matrices.
-// fill(i, dst) writes matrix i's rows_i x d entries (row-major) to dst;
-// reduce(i, eig, m) receives its m eigenvalues (m = the Gram side: min(rows_i, d)).
+// fill(i, dst, stride) writes entry (r, t) of matrix i (r < rows_i) to dst[(r * d + t) * stride];
+// reduce(i, eig, m) receives the m = min(rows_i, d) eigenvalues of its Gram matrix, ascending.
+// Matrices with rows_i < 1 are skipped.
 //
-// Matrices of similar size share a bucket (rows rounded up, zero padded); each
-// bucket is cut into chunks that are one batched GEMM and one batched eigensolve.
-// Chunks run in parallel, largest first, dealt round-robin to the threads.
-void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const std::function<void(int64_t, double*)>& fill,
-                  const std::function<void(int64_t, const double*, int64_t)>& reduce) {
-  // Matrices with rows <= d use Z Z^T (side = padded rows), taller ones Z^T Z (side d).
-  std::map<int64_t, std::vector<int64_t>> buckets;  // padded rows (or -1 for tall) -> matrix ids
+// Small matrices (rows_i <= min(d, kMaxInterleavedRows)), sorted by size, go kLanes at a
+// time through the interleaved Gram product and eigensolver (cpu/interleaved.h); the
+// others one at a time through BLAS (Z Z^T, or Z^T Z when taller than wide) and LAPACK.
+// Tasks run in parallel, costliest first, each thread taking the next one as it frees up.
+void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const Fill& fill, const Reduce& reduce) {
+  std::vector<int64_t> small, large;
   for (int64_t i = 0; i < static_cast<int64_t>(rows.size()); ++i) {
     if (rows[i] <= 0) continue;
-    const int64_t key = rows[i] <= d ? std::min(d, (rows[i] + kRowQuantum - 1) / kRowQuantum * kRowQuantum) : -1;
-    buckets[key].push_back(i);
+    (rows[i] <= std::min(d, kMaxInterleavedRows) ? small : large).push_back(i);
   }
-  struct Chunk {
-    bool tall;
-    int64_t rpad;
-    std::vector<int64_t> ids;
+  std::stable_sort(small.begin(), small.end(), [&](int64_t a, int64_t b) { return rows[a] < rows[b]; });
+
+  struct Task {
+    bool interleaved;
+    int64_t first, count;  // a range of `small`, or one entry of `large`
     double cost;
   };
-  std::vector<Chunk> chunks;
-  for (auto& [key, ids] : buckets) {
-    // Similar sizes side by side, so the interleaved eigensolver's lanes share an order.
-    std::stable_sort(ids.begin(), ids.end(), [&](int64_t a, int64_t b) { return rows[a] < rows[b]; });
-    int64_t rpad = key;
-    if (key < 0)
-      for (int64_t i : ids) rpad = std::max(rpad, rows[i]);
-    const int64_t side = key < 0 ? d : rpad;
-    const int64_t per_chunk = std::max<int64_t>(1, kChunkBytes / (8 * rpad * d));
-    for (size_t start = 0; start < ids.size(); start += per_chunk) {
-      const size_t stop = std::min(ids.size(), start + per_chunk);
-      const double n = static_cast<double>(stop - start);
-      chunks.push_back({key < 0, rpad, std::vector<int64_t>(ids.begin() + start, ids.begin() + stop),
-                        n * (static_cast<double>(rpad) * side * d + static_cast<double>(side) * side * side)});
-    }
+  std::vector<Task> tasks;
+  int64_t group_rows = 0, large_rows = 0, large_side = 0;  // buffer sizes
+  for (size_t b = 0; b < small.size(); b += kLanes) {
+    const int64_t count = std::min<int64_t>(kLanes, small.size() - b);
+    const int64_t n = rows[small[b + count - 1]];  // the largest of the group
+    group_rows = std::max(group_rows, n);
+    tasks.push_back({true, static_cast<int64_t>(b), count, static_cast<double>(kLanes) * n * n * d});
   }
-  std::sort(chunks.begin(), chunks.end(), [](const Chunk& a, const Chunk& b) { return a.cost > b.cost; });
-
-  // One chunk at a time per thread (BLAS/LAPACK run single-threaded inside the
-  // parallel region), with buffers allocated once per thread.
-  int64_t z_max = 0, g_max = 0;
-  for (const Chunk& ch : chunks) {
-    const int64_t nb = ch.ids.size(), side = ch.tall ? d : ch.rpad;
-    z_max = std::max(z_max, nb * ch.rpad * d);
-    g_max = std::max(g_max, nb * side * side);
+  for (size_t j = 0; j < large.size(); ++j) {
+    const int64_t r = rows[large[j]], side = std::min(r, d);
+    large_rows = std::max(large_rows, r);
+    large_side = std::max(large_side, side);
+    tasks.push_back({false, static_cast<int64_t>(j), 1, static_cast<double>(side) * side * (r + side)});
   }
+  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
+  const int64_t n3_max = (group_rows + kGramBlock - 1) / kGramBlock * kGramBlock;
   const auto opts = at::TensorOptions().dtype(at::kDouble);
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), chunks.size()));
-  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
-    at::Tensor z_buf = at::empty({z_max}, opts), g_buf = at::empty({g_max}, opts);
-    std::vector<double> eig(d);
+
+  auto worker = [&](std::atomic<size_t>& next) {
+    std::vector<double> zi(n3_max * d * kLanes), gi(n3_max * n3_max * kLanes), eigi(n3_max * kLanes),
+        work(interleaved_eigen_workspace(n3_max)), eig(std::max(large_side, group_rows));
+    std::vector<double> z, g;  // one matrix: (rows, d) and its Gram
     SymmetricEigenvalues eigenvalues;
-    const int64_t packed_side = std::min(d, kMaxInterleavedSide);
-    std::vector<double> packed(packed_side * packed_side * kLanes), packed_eig(packed_side * kLanes),
-        packed_work(interleaved_eigen_workspace(packed_side));
-    for (int64_t t = t0; t < t1; ++t)
-      for (size_t c = t; c < chunks.size(); c += threads) {
-        const Chunk& ch = chunks[c];
-        const int64_t nb = ch.ids.size(), rpad = ch.rpad, side = ch.tall ? d : rpad;
-        at::Tensor z = z_buf.narrow(0, 0, nb * rpad * d).view({nb, rpad, d});
-        double* zp = z.data_ptr<double>();
-        for (int64_t b = 0; b < nb; ++b) {
-          fill(ch.ids[b], zp + b * rpad * d);
-          std::fill(zp + (b * rpad + rows[ch.ids[b]]) * d, zp + (b + 1) * rpad * d, 0.0);
-        }
-        at::Tensor gram = g_buf.narrow(0, 0, nb * side * side).view({nb, side, side});
-        if (ch.tall)
-          at::bmm_out(gram, z.transpose(1, 2), z);
-        else
-          at::bmm_out(gram, z, z.transpose(1, 2));
-        // Padding rows only add a zero border to Z Z^T: each matrix's spectrum is
-        // that of its leading rows x rows block.
-        double* gp = gram.data_ptr<double>();
-        int64_t b = 0;
-        if (!ch.tall && side <= kMaxInterleavedSide)
-          for (; b + 1 < nb; b += kLanes) {  // kLanes matrices at a time (a lone last one goes to LAPACK)
-            const int64_t lanes = std::min<int64_t>(kLanes, nb - b);
-            int64_t n = 0;
-            for (int64_t q = 0; q < lanes; ++q) n = std::max(n, rows[ch.ids[b + q]]);
-            std::fill(packed.begin(), packed.begin() + n * n * kLanes, 0.0);
-            for (int64_t q = 0; q < lanes; ++q) {
-              const double* g = gp + (b + q) * side * side;
-              for (int64_t i = 0; i < n; ++i)
-                for (int64_t j = 0; j <= i; ++j) packed[(i * n + j) * kLanes + q] = g[i * side + j];
-            }
-            const int failed = interleaved_eigenvalues(packed.data(), n, packed_eig.data(), packed_work.data());
-            for (int64_t q = 0; q < lanes; ++q) {
-              const int64_t id = ch.ids[b + q], r = rows[id];
-              if (failed & (1 << q)) {  // did not converge: LAPACK on the intact Gram matrix
-                eigenvalues(gp + (b + q) * side * side, r, side, eig.data());
-              } else {  // the largest r of the n eigenvalues (the rest are the zero border)
-                for (int64_t j = 0; j < r; ++j) eig[j] = packed_eig[(n - r + j) * kLanes + q];
-              }
-              reduce(id, eig.data(), r);
-            }
-          }
-        for (; b < nb; ++b) {
-          const int64_t n = ch.tall ? d : rows[ch.ids[b]];
-          eigenvalues(gp + b * side * side, n, side, eig.data());
-          reduce(ch.ids[b], eig.data(), n);
-        }
+    // Gram eigenvalues of one row-major (r, d) matrix in z, through BLAS + LAPACK.
+    auto solve_one = [&](int64_t r) {
+      const int64_t side = std::min(r, d);
+      g.resize(side * side);
+      const at::Tensor zt = at::from_blob(z.data(), {r, d}, opts);
+      at::Tensor gt = at::from_blob(g.data(), {side, side}, opts);
+      if (r <= d)
+        at::mm_out(gt, zt, zt.t());
+      else
+        at::mm_out(gt, zt.t(), zt);
+      eigenvalues(g.data(), side, side, eig.data());
+      return side;
+    };
+    for (size_t t = next++; t < tasks.size(); t = next++) {
+      const Task& task = tasks[t];
+      if (!task.interleaved) {
+        const int64_t id = large[task.first], r = rows[id];
+        z.resize(r * d);
+        fill(id, z.data(), 1);
+        reduce(id, eig.data(), solve_one(r));
+        continue;
       }
-  });
+      const int64_t* ids = small.data() + task.first;
+      const int64_t n = rows[ids[task.count - 1]];
+      const int64_t n3 = (n + kGramBlock - 1) / kGramBlock * kGramBlock;
+      for (int64_t q = 0; q < kLanes; ++q) {
+        const int64_t r = q < task.count ? rows[ids[q]] : 0;
+        if (r > 0) fill(ids[q], zi.data() + q, kLanes);
+        for (int64_t i = r * d; i < n3 * d; ++i) zi[i * kLanes + q] = 0.0;  // zero rows: zero eigenvalues
+      }
+      interleaved_gram(zi.data(), n3, d, gi.data());
+      const int failed = interleaved_eigenvalues(gi.data(), n3, eigi.data(), work.data());
+      for (int64_t q = 0; q < task.count; ++q) {
+        const int64_t r = rows[ids[q]];
+        if (failed & (1 << q)) {  // the QL iteration did not converge: LAPACK on this matrix
+          z.resize(r * d);
+          for (int64_t i = 0; i < r * d; ++i) z[i] = zi[i * kLanes + q];
+          solve_one(r);
+        } else {  // its r largest eigenvalues (the others belong to the zero rows)
+          for (int64_t j = 0; j < r; ++j) eig[j] = eigi[(n3 - r + j) * kLanes + q];
+        }
+        reduce(ids[q], eig.data(), r);
+      }
+    }
+  };
+  std::atomic<size_t> next{0};
+  if (tasks.size() <= 1) {  // e.g. one big matrix: let BLAS/LAPACK use every thread
+    worker(next);
+    return;
+  }
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks.size()));
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) { worker(next); });
 }
 
 // Groups the points of each problem by label: order[p * M ...] lists point
@@ -166,7 +158,7 @@ void group_by_label(const int64_t* labels, int64_t P, int64_t M, int64_t k, std:
 
 // Writes the Householder-centred (n - 1, d) matrix of the n member rows (common/spectrum.h).
 template <typename scalar_t>
-void fill_centred(const scalar_t* x, const int64_t* members, int64_t n, int64_t d, double* dst) {
+void fill_centred(const scalar_t* x, const int64_t* members, int64_t n, int64_t d, double* dst, int64_t stride) {
   std::vector<double> colsum(d, 0.0);
   for (int64_t r = 0; r < n; ++r) {
     const scalar_t* row = x + members[r] * d;
@@ -177,7 +169,7 @@ void fill_centred(const scalar_t* x, const int64_t* members, int64_t n, int64_t 
   for (int64_t r = 0; r < n - 1; ++r) {
     const scalar_t* row = x + members[r] * d;
     for (int64_t t = 0; t < d; ++t)
-      dst[r * d + t] = householder_centered(static_cast<double>(row[t]), colsum[t], static_cast<double>(last[t]), h);
+      dst[(r * d + t) * stride] = householder_centered(static_cast<double>(row[t]), colsum[t], static_cast<double>(last[t]), h);
   }
 }
 
@@ -210,9 +202,10 @@ std::tuple<at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in, const at:
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     gram_spectra(
         rows, d,
-        [&](int64_t c, double* dst) {
+        [&](int64_t c, double* dst, int64_t stride) {
           const int64_t p = c / k, j = c % k;
-          fill_centred<scalar_t>(xp + p * M * d, order.data() + p * M + offsets[p * (k + 1) + j], np[c], d, dst);
+          fill_centred<scalar_t>(xp + p * M * d, order.data() + p * M + offsets[p * (k + 1) + j], np[c], d, dst,
+                                 stride);
         },
         [&](int64_t c, const double* eig, int64_t m) {
           vp[c] = nuclear_norm_from_eigs(eig, m) / css_denominator(np[c], d);
@@ -221,25 +214,46 @@ std::tuple<at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in, const at:
   return {values.to(x.scalar_type()), counts};
 }
 
-at::Tensor effective_rank(const at::Tensor& x) {
-  check_points(x, "effective_rank");
-  check_cpu(x, "effective_rank");
-  const int64_t P = x.size(0), m = x.size(1), d = x.size(2);
-  const int64_t s0 = x.stride(0), s1 = x.stride(1), s2 = x.stride(2);  // strided views are read in place
+at::Tensor effective_rank(const at::Tensor& x, const std::optional<at::Tensor>& index_in) {
+  const char* op = "effective_rank";
+  at::Tensor index;
+  int64_t P, m, d, s0, s1, s2;  // matrix p, row r, column t is x[p * s0 + r * s1 + t * s2] without index
+  if (index_in.has_value()) {
+    index = index_in->contiguous();
+    TORCH_CHECK(x.dim() == 2, "dse::", op, ": with index, x must be a 2-D (rows, dim) table, got shape ", x.sizes());
+    TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "dse::", op,
+                ": x must be float32 or float64, got ", x.scalar_type());
+    TORCH_CHECK(x.numel() > 0, "dse::", op, ": x must not be empty, got shape ", x.sizes());
+    TORCH_CHECK(index.dim() == 2 && index.numel() > 0 && index.scalar_type() == at::kLong, "dse::", op,
+                ": index must be a non-empty 2-D int64 tensor (matrices, rows), got ", index.scalar_type(), " ",
+                index.sizes());
+    check_cpu(index, op);
+    const int64_t lo = index.min().item<int64_t>(), hi = index.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < x.size(0), "dse::", op, ": index must lie in [0, ", x.size(0), "), got [", lo, ", ",
+                hi, "]");
+    P = index.size(0), m = index.size(1), d = x.size(1);
+    s0 = 0, s1 = x.stride(0), s2 = x.stride(1);
+  } else {
+    check_points(x, op);
+    P = x.size(0), m = x.size(1), d = x.size(2);
+    s0 = x.stride(0), s1 = x.stride(1), s2 = x.stride(2);  // strided views are read in place
+  }
+  check_cpu(x, op);
+  const int64_t* ip = index.defined() ? index.const_data_ptr<int64_t>() : nullptr;
   at::Tensor out = at::empty({P}, x.options().dtype(at::kDouble));
-  double* op = out.data_ptr<double>();
+  double* op_out = out.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_effective_rank_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     gram_spectra(
         std::vector<int64_t>(P, m), d,
-        [&](int64_t p, double* dst) {
+        [&](int64_t p, double* dst, int64_t stride) {
           for (int64_t r = 0; r < m; ++r) {
-            const scalar_t* src = xp + p * s0 + r * s1;
-            for (int64_t t = 0; t < d; ++t) dst[r * d + t] = static_cast<double>(src[t * s2]);
+            const scalar_t* src = xp + (ip ? ip[p * m + r] * s1 : p * s0 + r * s1);
+            for (int64_t t = 0; t < d; ++t) dst[(r * d + t) * stride] = static_cast<double>(src[t * s2]);
           }
         },
         [&](int64_t p, const double* eig, int64_t side) {
-          op[p] = effective_rank_from_eigs(eig, side, std::min(m, d));
+          op_out[p] = effective_rank_from_eigs(eig, side, std::min(m, d));
         });
   });
   return out.to(x.scalar_type());

@@ -1,10 +1,11 @@
-// Eigenvalues of many small symmetric float64 matrices, several at a time.
+// Gram matrices and their eigenvalues for many small float64 matrices, several at a time.
 //
-// The DSE kernels solve hundreds of ~64 x 64 Gram eigenproblems per call. For
-// matrices this small LAPACK's dsytrd is bound by level-2 memory traffic and
-// its QL iteration by the latency of each rotation, so one matrix at a time
-// uses a core poorly. Here kLanes matrices are interleaved entry by entry
-// (entry (i, j) of lane l at ((i * n) + j) * kLanes + l) and every step of the
+// The DSE kernels solve hundreds of ~64 x 384 Gram eigenproblems per call. For
+// matrices this small a BLAS GEMM cannot use the symmetry of Z Z^T, LAPACK's
+// dsytrd is bound by level-2 memory traffic and its QL iteration by the latency
+// of each rotation, so one matrix at a time uses a core poorly. Here kLanes
+// matrices are interleaved entry by entry (entry (i, j) of lane l at
+// ((i * cols) + j) * kLanes + l) and every step of the Gram product, of the
 // Householder tridiagonalization and of the implicit QL iteration runs on all
 // lanes in one SIMD instruction. Lanes whose QL sweep is shorter or already
 // converged are masked, so each lane computes exactly what a one-matrix
@@ -19,6 +20,14 @@ namespace dse::cpu {
 
 inline constexpr int64_t kLanes = 4;
 
+// Rows are processed in blocks of this many: interleaved_gram's n must be a multiple.
+inline constexpr int64_t kGramBlock = 3;
+
+// g (n x n, lower triangle) = Z Z^T for kLanes interleaved (n x d) matrices z.
+// n must be a multiple of kGramBlock (pad with zero rows). The strict upper
+// triangle of g is not written.
+void interleaved_gram(const double* z, int64_t n, int64_t d, double* g);
+
 // Scratch doubles needed by interleaved_eigenvalues for order n.
 inline int64_t interleaved_eigen_workspace(int64_t n) { return (4 * n + 2) * kLanes; }
 
@@ -28,7 +37,7 @@ inline int64_t interleaved_eigen_workspace(int64_t n) { return (4 * n + 2) * kLa
 // iteration did not converge (their eig entries are unspecified): 0 on success.
 int interleaved_eigenvalues(double* a, int64_t n, double* eig, double* work);
 
-// Which implementation interleaved_eigenvalues runs on this CPU: "avx2" or "portable".
+// Which implementation interleaved_gram and interleaved_eigenvalues run on this CPU: "avx2" or "portable".
 const char* interleaved_eigen_isa();
 
 }  // namespace dse::cpu

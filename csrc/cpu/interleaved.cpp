@@ -1,13 +1,15 @@
-// Interleaved symmetric eigenvalues (see batched_eigen.h).
+// Interleaved Gram matrices and symmetric eigenvalues (see interleaved.h).
 //
-// Two stages, both written once on a kLanes-wide vector type and compiled
-// twice (portable and AVX2+FMA):
+// Written once on a kLanes-wide vector type and compiled twice (portable and
+// AVX2+FMA):
+//   0. The Gram product, lower triangle only, in kGramBlock x kGramBlock
+//      register tiles.
 //   1. Householder reduction to tridiagonal form (as LAPACK's dsytd2, lower).
 //   2. Implicit QL with Wilkinson shifts on the tridiagonal matrix (EISPACK's
 //      tql1), eigenvalues only. Off-diagonal entries below eps * ||T|| are
 //      treated as zero, which moves no eigenvalue by more than that.
 // Each lane is first scaled by its largest entry, so squares cannot overflow.
-#include "cpu/batched_eigen.h"
+#include "cpu/interleaved.h"
 
 #include <algorithm>
 #include <cmath>
@@ -197,6 +199,29 @@ DSE_INLINE int ql_eigenvalues(int64_t n, vd* d, vd* e) {
   return mask;
 }
 
+// Stage 0. z: interleaved (n, d); g: interleaved (n, n), lower triangle.
+DSE_INLINE void gram_body(const vd* z, int64_t n, int64_t d, vd* g) {
+  constexpr int64_t B = kGramBlock;
+  for (int64_t i0 = 0; i0 < n; i0 += B)
+    for (int64_t j0 = 0; j0 <= i0; j0 += B) {
+      vd acc[B][B];
+      for (int64_t a = 0; a < B; ++a)
+        for (int64_t b = 0; b < B; ++b) acc[a][b] = splat(0.0);
+      const vd* zi = z + i0 * d;
+      const vd* zj = z + j0 * d;
+      for (int64_t t = 0; t < d; ++t) {
+        vd xi[B], xj[B];
+        for (int64_t a = 0; a < B; ++a) xi[a] = zi[a * d + t];
+        for (int64_t b = 0; b < B; ++b) xj[b] = zj[b * d + t];
+        for (int64_t a = 0; a < B; ++a)
+          for (int64_t b = 0; b < B; ++b) acc[a][b] += xi[a] * xj[b];
+      }
+      for (int64_t a = 0; a < B; ++a)
+        for (int64_t b = 0; b < B; ++b)
+          if (j0 + b <= i0 + a) g[(i0 + a) * n + (j0 + b)] = acc[a][b];
+    }
+}
+
 DSE_INLINE int eigen_body(double* a_raw, int64_t n, double* eig_raw, double* work_raw) {
   vd* a = reinterpret_cast<vd*>(a_raw);
   vd* d = reinterpret_cast<vd*>(eig_raw);
@@ -220,27 +245,32 @@ DSE_INLINE int eigen_body(double* a_raw, int64_t n, double* eig_raw, double* wor
 }
 
 int eigen_portable(double* a, int64_t n, double* eig, double* work) { return eigen_body(a, n, eig, work); }
+void gram_portable(const double* z, int64_t n, int64_t d, double* g) {
+  gram_body(reinterpret_cast<const vd*>(z), n, d, reinterpret_cast<vd*>(g));
+}
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define DSE_HAVE_AVX2_PATH 1
 __attribute__((target("avx2,fma"))) int eigen_avx2(double* a, int64_t n, double* eig, double* work) {
   return eigen_body(a, n, eig, work);
 }
+__attribute__((target("avx2,fma"))) void gram_avx2(const double* z, int64_t n, int64_t d, double* g) {
+  gram_body(reinterpret_cast<const vd*>(z), n, d, reinterpret_cast<vd*>(g));
+}
 #endif
 
-using EigenFn = int (*)(double*, int64_t, double*, double*);
-
 struct Choice {
-  EigenFn fn;
+  int (*eigen)(double*, int64_t, double*, double*);
+  void (*gram)(const double*, int64_t, int64_t, double*);
   const char* isa;
 };
 
 Choice choose() {
 #ifdef DSE_HAVE_AVX2_PATH
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {&eigen_avx2, "avx2"};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {&eigen_avx2, &gram_avx2, "avx2"};
 #endif
-  return {&eigen_portable, "portable"};
+  return {&eigen_portable, &gram_portable, "portable"};
 }
 
 const Choice& chosen() {
@@ -252,7 +282,7 @@ const Choice& chosen() {
 
 int interleaved_eigenvalues(double* a, int64_t n, double* eig, double* work) {
   if (n <= 0) return 0;
-  const int failed = chosen().fn(a, n, eig, work);
+  const int failed = chosen().eigen(a, n, eig, work);
   // Ascending order per lane (the QL iteration leaves them unsorted).
   double* lane = work;  // the off-diagonal scratch is no longer needed
   for (int q = 0; q < kLanes; ++q) {
@@ -261,6 +291,10 @@ int interleaved_eigenvalues(double* a, int64_t n, double* eig, double* work) {
     for (int64_t i = 0; i < n; ++i) eig[i * kLanes + q] = lane[i];
   }
   return failed;
+}
+
+void interleaved_gram(const double* z, int64_t n, int64_t d, double* g) {
+  if (n > 0) chosen().gram(z, n, d, g);
 }
 
 const char* interleaved_eigen_isa() { return chosen().isa; }
