@@ -61,10 +61,13 @@ def sync(device: str) -> None:
 def floor_flops(B, N, d, iters_local, iters_global, k_l=3, k_g=24, G=8):
     """(float32 FLOPs, float64 FLOPs) the metric cannot avoid with Gram-based spectra."""
     P = math.ceil(B / G)
-    # k-means: seeding (k distance passes) + per iteration one distance GEMM and one centroid sum
-    f32 = 2 * B * N * d * k_l * (1 + 2 * iters_local) + 2 * B * N * d * k_g * (1 + 2 * iters_global)
+
+    def kmeans(k, iters):  # k seeding passes + a distance GEMM per update + the final assignment, + centroid sums
+        return 2 * B * N * d * k * (2 + iters) + B * N * d * iters
+
+    f32 = kmeans(k_l, iters_local) + kmeans(k_g, iters_global)
     n_l, n_g = N / k_l, G * N / k_g  # typical cluster sizes
-    gram = lambda n: 2 * min(n, d) ** 2 * max(n, d)  # noqa: E731
+    gram = lambda n: min(n, d) ** 2 * max(n, d)  # noqa: E731  (symmetric product: one triangle)
     eig = lambda m: 4 / 3 * m ** 3  # noqa: E731  (tridiagonal reduction)
     clusters_l, clusters_g = B * k_l, P * k_g
     f64 = clusters_l * (gram(n_l) + eig(min(n_l, d))) + clusters_g * (gram(n_g) + eig(min(n_g, d)))
@@ -104,12 +107,16 @@ def worker(size: str, backend: str, device: str, repeats: int) -> dict:
     return result
 
 
-def run_child(size, backend, device, repeats):
-    cmd = [sys.executable, __file__, "--worker", size, backend, device, str(repeats)]
+def run_json(cmd, what):
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker failed for {size} {backend} {device}:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"benchmark worker failed for {what}:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_child(size, backend, device, repeats):
+    cmd = [sys.executable, __file__, "--worker", size, backend, device, str(repeats)]
+    return run_json(cmd, f"{size} {backend} {device}")
 
 
 def main() -> None:
@@ -119,7 +126,11 @@ def main() -> None:
     parser.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: all available)")
     parser.add_argument("--no-reference", action="store_true", help="time the compiled backend only")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--rates-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rates_worker:
+        print(json.dumps(gemm_rates(args.rates_worker)))
+        return
     if args.worker:
         size, backend, device, repeats = args.worker
         print(json.dumps(worker(size, backend, device, int(repeats))))
@@ -135,7 +146,9 @@ def main() -> None:
     print("Defaults: k_l=3, k_g=24, G=8, max_iters=20, tol=1e-4, m_dim=per_position; median of "
           f"{args.repeats} calls after a warm-up.\n")
     for device in devices:
-        f32_rate, f64_rate = gemm_rates(device)
+        # In a child process too: this process's BLAS threads would otherwise keep
+        # spinning for a while after the measurement and slow the timed children down.
+        f32_rate, f64_rate = run_json([sys.executable, __file__, "--rates-worker", device], f"GEMM rates on {device}")
         name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)"
         print(f"## {name}\nMeasured GEMM rates: float32 {f32_rate / 1e9:.0f} GFLOP/s, float64 {f64_rate / 1e9:.0f} GFLOP/s.\n")
         print("| B×N×d | ext (ms) | reference (ms) | speed-up | ext peak MB | ref peak MB | k-means iters (local/global) | floor (ms) | ext / floor |")

@@ -4,17 +4,18 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <optional>
 #include <tuple>
 
 #include "cpu/kernels.h"
 
 namespace {
 
-at::Tensor call_effective_rank(const at::Tensor& x) {
+at::Tensor call_effective_rank(const at::Tensor& x, const std::optional<at::Tensor>& index = std::nullopt) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dse::effective_rank", "")
-                       .typed<at::Tensor(const at::Tensor&)>();
-  return op.call(x);
+                       .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&)>();
+  return op.call(x, index);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_kmeans(const at::Tensor& x, const at::Tensor& counts, int64_t k) {
@@ -48,6 +49,16 @@ TEST(EffectiveRank, DispatcherMatchesDirectCall) {
   at::manual_seed(2);
   const at::Tensor x = at::randn({4, 7, 11});
   EXPECT_TRUE(at::equal(dse::cpu::effective_rank(x), call_effective_rank(x)));
+}
+
+TEST(EffectiveRank, IndexReadsRowsInPlace) {
+  at::manual_seed(3);
+  const at::Tensor table = at::randn({10, 6}, at::kDouble);
+  const at::Tensor index = at::tensor({3, 1, 4, 1, 5, 9, 2, 6, 5}, at::kLong).view({3, 3});
+  const at::Tensor gathered = table.index_select(0, index.flatten()).view({3, 3, 6});
+  EXPECT_TRUE(at::allclose(call_effective_rank(table, index), dse::cpu::effective_rank(gathered), 1e-14, 0));
+  EXPECT_THROW(call_effective_rank(table, index.clamp_max(3) + 7), c10::Error);  // row 10 is out of range
+  EXPECT_THROW(call_effective_rank(gathered, index), c10::Error);                // x must be a 2-D table
 }
 
 TEST(ClusterCss, TwoPointsAndSkippedClusters) {

@@ -122,6 +122,12 @@ def test_functional_errors(mod):
         mod.centered_singular_sum(x, torch.zeros(3, 19, dtype=torch.long), 3)
     with pytest.raises(ValueError, match=r"\(\.\.\., m, d\)"):
         mod.effective_rank(torch.ones(5))
+    with pytest.raises(ValueError, match=r"index must take values in \[0, 6\)"):
+        mod.effective_rank(feats(6, 4), index=torch.tensor([[0, 6]]))
+    with pytest.raises(TypeError, match="index must be an integer tensor"):
+        mod.effective_rank(feats(6, 4), index=torch.tensor([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"with index, x must be a non-empty \(rows, d\) table"):
+        mod.effective_rank(feats(2, 6, 4), index=torch.tensor([[0, 1]]))
     with pytest.raises(ValueError, match="centroids must have shape"):
         mod.nearest_other_centroid_distance(x, feats(3, 2, 5), torch.zeros(3, 20, dtype=torch.long))
     with pytest.raises(ValueError, match="NaN/Inf"):

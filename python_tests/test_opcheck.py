@@ -16,6 +16,7 @@ def samples():
         yield "cluster_css", (x, labels, 4)
         yield "effective_rank", (x,)
         yield "effective_rank", (x.transpose(1, 2).contiguous(),)
+        yield "effective_rank", (x.reshape(72, 5), torch.randint(0, 72, (6, 4), generator=g))
         yield "nearest_other_centroid_distance", (x, c, labels, None)
         yield "nearest_other_centroid_distance", (x, c, labels, torch.tensor([[1, 0, 1, 1]] * 3, dtype=torch.bool))
 

@@ -22,7 +22,7 @@ def random_labels(gen, P, M, k, ignore=0.0):
 
 # ------------------------------------------------------------------ css
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("P,M,d,k", [(3, 40, 16, 3), (2, 300, 8, 2), (4, 50, 64, 5), (1, 7, 3, 7)])
+@pytest.mark.parametrize("P,M,d,k", [(3, 40, 16, 3), (2, 300, 8, 2), (4, 50, 64, 5), (1, 7, 3, 7), (7, 90, 40, 4), (1, 300, 160, 2)])
 def test_css_matches_reference(gen, dtype, P, M, d, k):
     x = torch.randn(P, M, d, generator=gen, dtype=dtype)
     labels = random_labels(gen, P, M, k, ignore=0.1)
@@ -73,7 +73,7 @@ def test_css_single_problem_and_scale(gen):
 
 # ------------------------------------------------------------------ effective rank
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("shape", [(5, 8, 32), (3, 40, 6), (2, 16, 16), (4, 1, 9)])
+@pytest.mark.parametrize("shape", [(5, 8, 32), (3, 40, 6), (2, 16, 16), (4, 1, 9), (9, 21, 25), (2, 140, 150)])
 def test_effective_rank_matches_reference(gen, dtype, shape):
     x = torch.randn(*shape, generator=gen, dtype=dtype)
     torch.testing.assert_close(F.effective_rank(x), R.effective_rank(x), **TOL[dtype])
@@ -89,6 +89,24 @@ def test_effective_rank_known_values(gen):
     # two equal singular values among four -> exp(log 2) / 4
     m = torch.diag(torch.tensor([2.0, 2.0, 0.0, 0.0], dtype=torch.float64))
     torch.testing.assert_close(F.effective_rank(m), torch.tensor(0.5, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_effective_rank_index_reads_rows_in_place(gen, dtype):
+    # The per-position M_dim layout: matrix n holds row perm[b, n] of image b.
+    B, N, d = 6, 10, 7
+    x = torch.randn(B, N, d, generator=gen, dtype=dtype)
+    perm = torch.rand(B, N, generator=gen).argsort(dim=1)
+    rows = (perm + N * torch.arange(B)[:, None]).t()  # (N, B)
+    gathered = torch.gather(x, 1, perm[:, :, None].expand(B, N, d)).transpose(0, 1)
+    out = F.effective_rank(x.reshape(B * N, d), index=rows)
+    assert out.shape == (N,)
+    torch.testing.assert_close(out, F.effective_rank(gathered), rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=0)
+    torch.testing.assert_close(out, R.effective_rank(x.reshape(B * N, d), index=rows), **TOL[dtype])
+    # leading index dimensions, repeated rows
+    idx = torch.randint(0, B * N, (2, 3, 4), generator=gen)
+    torch.testing.assert_close(F.effective_rank(x.reshape(B * N, d), index=idx),
+                               R.effective_rank(x.reshape(B * N, d), index=idx), **TOL[dtype])
 
 
 def test_effective_rank_leading_dims(gen):

@@ -12,6 +12,7 @@
 #include "cpu/interleaved.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -23,7 +24,7 @@ typedef double vd __attribute__((vector_size(kLanes * 8), aligned(8), may_alias)
 typedef long long vm __attribute__((vector_size(kLanes * 8), aligned(8), may_alias));  // lane masks: 0 or -1
 
 constexpr double kEps = 2.220446049250313e-16;
-constexpr int kMaxSweeps = 60;  // QL sweeps per eigenvalue before a lane is declared failed
+std::atomic<int> max_sweeps{kDefaultMaxSweeps};  // QL sweeps per eigenvalue before a lane is declared failed
 
 #define DSE_INLINE inline __attribute__((always_inline))
 
@@ -116,7 +117,7 @@ DSE_INLINE void tridiagonalize(vd* a, int64_t n, vd* d, vd* e, vd* work) {
 
 // Stage 2: eigenvalues of the tridiagonal (d, e) in place in d (unsorted).
 // Returns the mask of lanes that did not converge.
-DSE_INLINE int ql_eigenvalues(int64_t n, vd* d, vd* e) {
+DSE_INLINE int ql_eigenvalues(int64_t n, vd* d, vd* e, int sweeps_allowed) {
   vd norm = splat(0.0);
   for (int64_t i = 0; i < n; ++i) {
     const vd t = vabs(d[i]) + vabs(e[i]);
@@ -146,7 +147,7 @@ DSE_INLINE int ql_eigenvalues(int64_t n, vd* d, vd* e) {
         if (active[q]) m_max = std::max<int64_t>(m_max, m_lane[q]);
       }
       if (!any(active)) break;
-      if (sweep == kMaxSweeps) {
+      if (sweep >= sweeps_allowed) {
         failed |= active;
         break;
       }
@@ -222,7 +223,7 @@ DSE_INLINE void gram_body(const vd* z, int64_t n, int64_t d, vd* g) {
     }
 }
 
-DSE_INLINE int eigen_body(double* a_raw, int64_t n, double* eig_raw, double* work_raw) {
+DSE_INLINE int eigen_body(double* a_raw, int64_t n, double* eig_raw, double* work_raw, int sweeps_allowed) {
   vd* a = reinterpret_cast<vd*>(a_raw);
   vd* d = reinterpret_cast<vd*>(eig_raw);
   vd* e = reinterpret_cast<vd*>(work_raw);
@@ -239,20 +240,22 @@ DSE_INLINE int eigen_body(double* a_raw, int64_t n, double* eig_raw, double* wor
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j <= i; ++j) a[i * n + j] *= inv;
   tridiagonalize(a, n, d, e, scratch);
-  const int failed = ql_eigenvalues(n, d, e);
+  const int failed = ql_eigenvalues(n, d, e, sweeps_allowed);
   for (int64_t i = 0; i < n; ++i) d[i] *= scale;
   return failed;
 }
 
-int eigen_portable(double* a, int64_t n, double* eig, double* work) { return eigen_body(a, n, eig, work); }
+int eigen_portable(double* a, int64_t n, double* eig, double* work, int sweeps) {
+  return eigen_body(a, n, eig, work, sweeps);
+}
 void gram_portable(const double* z, int64_t n, int64_t d, double* g) {
   gram_body(reinterpret_cast<const vd*>(z), n, d, reinterpret_cast<vd*>(g));
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define DSE_HAVE_AVX2_PATH 1
-__attribute__((target("avx2,fma"))) int eigen_avx2(double* a, int64_t n, double* eig, double* work) {
-  return eigen_body(a, n, eig, work);
+__attribute__((target("avx2,fma"))) int eigen_avx2(double* a, int64_t n, double* eig, double* work, int sweeps) {
+  return eigen_body(a, n, eig, work, sweeps);
 }
 __attribute__((target("avx2,fma"))) void gram_avx2(const double* z, int64_t n, int64_t d, double* g) {
   gram_body(reinterpret_cast<const vd*>(z), n, d, reinterpret_cast<vd*>(g));
@@ -260,29 +263,41 @@ __attribute__((target("avx2,fma"))) void gram_avx2(const double* z, int64_t n, i
 #endif
 
 struct Choice {
-  int (*eigen)(double*, int64_t, double*, double*);
+  int (*eigen)(double*, int64_t, double*, double*, int);
   void (*gram)(const double*, int64_t, int64_t, double*);
   const char* isa;
 };
 
-Choice choose() {
+constexpr Choice kPortable{&eigen_portable, &gram_portable, "portable"};
+#ifdef DSE_HAVE_AVX2_PATH
+constexpr Choice kAvx2{&eigen_avx2, &gram_avx2, "avx2"};
+#endif
+
+bool avx2_supported() {
 #ifdef DSE_HAVE_AVX2_PATH
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {&eigen_avx2, &gram_avx2, "avx2"};
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
 #endif
-  return {&eigen_portable, &gram_portable, "portable"};
 }
 
-const Choice& chosen() {
-  static const Choice c = choose();
-  return c;
+std::atomic<const Choice*>& chosen_slot() {
+#ifdef DSE_HAVE_AVX2_PATH
+  static std::atomic<const Choice*> slot{avx2_supported() ? &kAvx2 : &kPortable};
+#else
+  static std::atomic<const Choice*> slot{&kPortable};
+#endif
+  return slot;
 }
+
+const Choice& chosen() { return *chosen_slot().load(std::memory_order_relaxed); }
 
 }  // namespace
 
 int interleaved_eigenvalues(double* a, int64_t n, double* eig, double* work) {
   if (n <= 0) return 0;
-  const int failed = chosen().eigen(a, n, eig, work);
+  const int failed = chosen().eigen(a, n, eig, work, max_sweeps.load(std::memory_order_relaxed));
   // Ascending order per lane (the QL iteration leaves them unsorted).
   double* lane = work;  // the off-diagonal scratch is no longer needed
   for (int q = 0; q < kLanes; ++q) {
@@ -297,6 +312,22 @@ void interleaved_gram(const double* z, int64_t n, int64_t d, double* g) {
   if (n > 0) chosen().gram(z, n, d, g);
 }
 
-const char* interleaved_eigen_isa() { return chosen().isa; }
+const char* interleaved_isa() { return chosen().isa; }
+
+bool select_interleaved_isa(const std::string& isa) {
+  if (isa == "portable") {
+    chosen_slot().store(&kPortable);
+    return true;
+  }
+#ifdef DSE_HAVE_AVX2_PATH
+  if (isa == "avx2" && avx2_supported()) {
+    chosen_slot().store(&kAvx2);
+    return true;
+  }
+#endif
+  return false;
+}
+
+int set_interleaved_max_sweeps(int sweeps) { return max_sweeps.exchange(sweeps); }
 
 }  // namespace dse::cpu

@@ -15,6 +15,7 @@
 // at run time; elsewhere the portable build runs.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace dse::cpu {
 
@@ -37,7 +38,13 @@ inline int64_t interleaved_eigen_workspace(int64_t n) { return (4 * n + 2) * kLa
 // iteration did not converge (their eig entries are unspecified): 0 on success.
 int interleaved_eigenvalues(double* a, int64_t n, double* eig, double* work);
 
-// Which implementation interleaved_gram and interleaved_eigenvalues run on this CPU: "avx2" or "portable".
-const char* interleaved_eigen_isa();
+// Which implementation interleaved_gram and interleaved_eigenvalues run: "avx2" or "portable".
+const char* interleaved_isa();
+
+// For tests. Run `isa` ("portable" or "avx2") from now on; false when this CPU or build lacks it.
+bool select_interleaved_isa(const std::string& isa);
+// For tests. QL sweeps allowed per eigenvalue before a lane is reported failed; returns the old value.
+inline constexpr int kDefaultMaxSweeps = 60;
+int set_interleaved_max_sweeps(int sweeps);
 
 }  // namespace dse::cpu
