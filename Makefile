@@ -44,7 +44,7 @@ test-cpp: venv
 	done
 
 bench: install
-	$(VPY) bench/bench_dse.py
+	$(VPY) bench/bench_dse.py --repeats 5
 
 clean:
 	rm -rf build dist *.egg-info

@@ -87,6 +87,19 @@ def _segment_means(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch
     return means.reshape(P, k, d), (counts > 0).reshape(P, k)
 
 
+def _mean_distance_to_mean(x: torch.Tensor, block_bytes: int = 1 << 21) -> torch.Tensor:
+    """Mean over the B·N tokens of ‖x − x̄‖ (x̄ the mean token), in blocks of images.
+
+    Blocks keep the temporary ``x − x̄`` small: one batch-sized temporary would be a fresh
+    allocation on every call, and its page faults cost more than the arithmetic.
+    """
+    B, N, d = x.shape
+    mean = x.mean(dim=(0, 1))
+    step = max(1, block_bytes // max(1, N * d * x.element_size()))
+    total = sum((xb - mean).norm(dim=-1).sum() for xb in x.split(step))
+    return total / (B * N)
+
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
     mask = mask.to(values.dtype)
     if dim is None:
@@ -150,7 +163,7 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
 
     if normalize:
         x = F.normalize(x, dim=-1)
-    avg_l2 = (x - x.mean(dim=(0, 1))).norm(dim=-1).mean()
+    avg_l2 = _mean_distance_to_mean(x)
     if not bool(torch.isfinite(avg_l2)):  # any NaN/Inf in the features reaches avg_l2
         as_float_tensor(features, "features")  # raises with the count of bad values
         raise ValueError("features are too large: their norms overflow; rescale them")

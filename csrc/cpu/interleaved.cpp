@@ -46,9 +46,20 @@ DSE_INLINE vd vsqrt(vd x) {
   for (int l = 0; l < kLanes; ++l) r[l] = __builtin_sqrt(x[l]);
   return r;
 }
+DSE_INLINE vm isplat(long long v) {
+  vm r;
+  for (int l = 0; l < kLanes; ++l) r[l] = v;
+  return r;
+}
+DSE_INLINE vm iselect(vm m, vm a, vm b) { return (m & a) | (~m & b); }
 DSE_INLINE bool any(vm m) {
   long long acc = 0;
   for (int l = 0; l < kLanes; ++l) acc |= m[l];
+  return acc != 0;
+}
+DSE_INLINE bool all(vm m) {
+  long long acc = -1;
+  for (int l = 0; l < kLanes; ++l) acc &= m[l];
   return acc != 0;
 }
 
@@ -121,51 +132,44 @@ DSE_INLINE int ql_eigenvalues(int64_t n, vd* d, vd* e, int sweeps_allowed) {
   vd norm = splat(0.0);
   for (int64_t i = 0; i < n; ++i) {
     const vd t = vabs(d[i]) + vabs(e[i]);
-    for (int l = 0; l < kLanes; ++l) norm[l] = std::max(norm[l], t[l]);
+    for (int q = 0; q < kLanes; ++q) norm[q] = std::max(norm[q], t[q]);
   }
   const vd threshold = kEps * norm;
-  vm failed = reinterpret_cast<vm>(splat(0.0));
+  const vm none = isplat(0);
+  vm failed = none;
 
   for (int64_t l = 0; l < n; ++l) {
     for (int sweep = 0;; ++sweep) {
-      // m: first index >= l whose coupling to m + 1 is negligible (n - 1 if none).
-      long long m_lane[kLanes];
-      vm found = reinterpret_cast<vm>(splat(0.0));
-      for (int q = 0; q < kLanes; ++q) m_lane[q] = n - 1;
+      // m: first index >= l whose coupling to m + 1 is negligible (n - 1 if none), per lane.
+      vm found = none, m_lane = isplat(n - 1);
       for (int64_t m = l; m + 1 < n; ++m) {
         const vm small = vabs(e[m]) <= threshold;
-        const vm fresh = small & ~found;
-        for (int q = 0; q < kLanes; ++q)
-          if (fresh[q]) m_lane[q] = m;
+        m_lane = iselect(small & ~found, isplat(m), m_lane);
         found |= small;
-        if (!any(~found)) break;
+        if (all(found)) break;
       }
-      vm active;
-      int64_t m_max = l;
-      for (int q = 0; q < kLanes; ++q) {
-        active[q] = (m_lane[q] != l && !failed[q]) ? -1 : 0;
-        if (active[q]) m_max = std::max<int64_t>(m_max, m_lane[q]);
-      }
+      const vm active = (m_lane != isplat(l)) & ~failed;
       if (!any(active)) break;
       if (sweep >= sweeps_allowed) {
         failed |= active;
         break;
       }
-      // Wilkinson shift from the leading 2 x 2 block.
+      int64_t m_max = l;
       vd dm;
-      for (int q = 0; q < kLanes; ++q) dm[q] = d[m_lane[q]][q];
+      for (int q = 0; q < kLanes; ++q) {
+        if (active[q]) m_max = std::max<int64_t>(m_max, m_lane[q]);
+        dm[q] = d[m_lane[q]][q];
+      }
+      // Wilkinson shift from the leading 2 x 2 block.
       vd g = (d[l + 1] - d[l]) / (2.0 * e[l]);
       vd r = vsqrt(g * g + 1.0);
       vd signed_r;
       for (int q = 0; q < kLanes; ++q) signed_r[q] = g[q] >= 0.0 ? std::fabs(r[q]) : -std::fabs(r[q]);
       g = select(active, dm - d[l] + e[l] / (g + signed_r), g);
       vd s = splat(1.0), c = splat(1.0), p = splat(0.0);
-      vm deflated = reinterpret_cast<vm>(splat(0.0));
+      vm deflated = none;
       for (int64_t i = m_max - 1; i >= l; --i) {
-        vm in_range;
-        for (int q = 0; q < kLanes; ++q) in_range[q] = i < m_lane[q] ? -1 : 0;
-        const vm mask = active & in_range & ~deflated;
-        if (!any(mask)) continue;
+        const vm mask = active & (isplat(i) < m_lane) & ~deflated;
         const vd f = s * e[i], b = c * e[i];
         r = vsqrt(f * f + g * g);
         const vm zero = mask & (r == 0.0);
@@ -177,7 +181,8 @@ DSE_INLINE int ql_eigenvalues(int64_t n, vd* d, vd* e, int sweeps_allowed) {
           deflated |= zero;
         }
         e[i + 1] = select(go, r, e[i + 1]);
-        const vd s_new = f / r, c_new = g / r;
+        const vd inv = 1.0 / r;
+        const vd s_new = f * inv, c_new = g * inv;
         const vd g2 = d[i + 1] - p;
         const vd r2 = (d[i] - g2) * s_new + 2.0 * c_new * b;
         const vd p_new = s_new * r2;

@@ -28,7 +28,7 @@ template <typename scalar_t>
 struct Workspace {
   Workspace(int64_t M, int64_t k, int64_t d)
       : dots(M * k), xsq(M), dist2(M), cum(M), csq(k), sums(k * d), centroids(k * d), members(k) {}
-  std::vector<scalar_t> dots;  // (M, k) x . c
+  std::vector<scalar_t> dots;  // (k, M) c . x
   std::vector<double> xsq, dist2, cum, csq, sums, centroids;  // centroids: (k, d) float64 copy
   std::vector<int64_t> members;
 };
@@ -78,24 +78,26 @@ void seed_plus_plus(const scalar_t* x, int64_t n, int64_t d, int64_t k, int64_t 
 template <typename scalar_t>
 void assign(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t k, int64_t* labels,
             Workspace<scalar_t>& ws) {
-  gemm_abt(n, k, d, x, d, c, d, ws.dots.data(), k);
+  gemm_abt(k, n, d, c, d, x, d, ws.dots.data(), n);  // (k, n): this orientation runs faster for small k
   for (int64_t j = 0; j < k; ++j) {
     double s = 0.0;
     for (int64_t t = 0; t < d; ++t) s += static_cast<double>(c[j * d + t]) * static_cast<double>(c[j * d + t]);
     ws.csq[j] = s;
   }
+  double* best_val = ws.dist2.data();  // |x - c|^2 - |x|^2 of the best centroid so far
   for (int64_t i = 0; i < n; ++i) {
-    const scalar_t* row = ws.dots.data() + i * k;
-    int64_t best = 0;
-    double best_val = ws.csq[0] - 2.0 * static_cast<double>(row[0]);  // |x - c|^2 - |x|^2
-    for (int64_t j = 1; j < k; ++j) {
-      const double v = ws.csq[j] - 2.0 * static_cast<double>(row[j]);
-      if (v < best_val) {
-        best_val = v;
-        best = j;
+    best_val[i] = ws.csq[0] - 2.0 * static_cast<double>(ws.dots[i]);
+    labels[i] = 0;
+  }
+  for (int64_t j = 1; j < k; ++j) {
+    const scalar_t* row = ws.dots.data() + j * n;
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = ws.csq[j] - 2.0 * static_cast<double>(row[i]);
+      if (v < best_val[i]) {
+        best_val[i] = v;
+        labels[i] = j;
       }
     }
-    labels[i] = best;
   }
 }
 

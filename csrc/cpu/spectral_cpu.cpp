@@ -78,8 +78,14 @@ void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const Fill& fill,
   const auto opts = at::TensorOptions().dtype(at::kDouble);
 
   auto worker = [&](std::atomic<size_t>& next) {
-    std::vector<double> zi(n3_max * d * kLanes), gi(n3_max * n3_max * kLanes), eigi(n3_max * kLanes),
-        work(interleaved_eigen_workspace(n3_max)), eig(std::max(large_side, group_rows));
+    // The interleaved buffers (about 1 MB at d = 384) stay with the thread between
+    // calls: fresh pages would cost more than the work done in them.
+    thread_local std::vector<double> zi, gi, eigi, work;
+    zi.resize(std::max(zi.size(), static_cast<size_t>(n3_max * d * kLanes)));
+    gi.resize(std::max(gi.size(), static_cast<size_t>(n3_max * n3_max * kLanes)));
+    eigi.resize(std::max(eigi.size(), static_cast<size_t>(n3_max * kLanes)));
+    work.resize(std::max(work.size(), static_cast<size_t>(interleaved_eigen_workspace(n3_max))));
+    std::vector<double> eig(std::max(large_side, group_rows));
     std::vector<double> z, g;  // one matrix: (rows, d) and its Gram
     SymmetricEigenvalues eigenvalues;
     // Gram eigenvalues of one row-major (r, d) matrix in z, through BLAS + LAPACK.
