@@ -32,7 +32,7 @@ at::Tensor gram_eigenvalues(const at::Tensor& a) {
 
 namespace {
 
-constexpr int64_t kMaxInterleavedRows = 128;  // larger matrices go to BLAS + LAPACK one at a time
+constexpr size_t kRetainedBytes = 4 << 20;  // per-thread scratch kept between calls, at most
 
 using Fill = std::function<void(int64_t, double*, int64_t)>;
 using Reduce = std::function<void(int64_t, const double*, int64_t)>;
@@ -42,16 +42,18 @@ using Reduce = std::function<void(int64_t, const double*, int64_t)>;
 // reduce(i, eig, m) receives the m = min(rows_i, d) eigenvalues of its Gram matrix, ascending.
 // Matrices with rows_i < 1 are skipped.
 //
-// Small matrices (rows_i <= min(d, kMaxInterleavedRows)), sorted by size, go kLanes at a
-// time through the interleaved Gram product and eigensolver (cpu/interleaved.h); the
-// others one at a time through BLAS (Z Z^T, or Z^T Z when taller than wide) and LAPACK.
+// Matrices no taller than wide (rows_i <= d), sorted by size, go kLanes at a time through
+// the interleaved Gram product and eigensolver (cpu/interleaved.h), which beat BLAS +
+// LAPACK one matrix at a time at every size measured (up to 384 x 384 Grams). Taller
+// ones (Gram Z^T Z of side d), or a lone matrix, go through BLAS and LAPACK.
 // Tasks run in parallel, costliest first, each thread taking the next one as it frees up.
 void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const Fill& fill, const Reduce& reduce) {
   std::vector<int64_t> small, large;
   for (int64_t i = 0; i < static_cast<int64_t>(rows.size()); ++i) {
     if (rows[i] <= 0) continue;
-    (rows[i] <= std::min(d, kMaxInterleavedRows) ? small : large).push_back(i);
+    (rows[i] <= d ? small : large).push_back(i);
   }
+  if (small.size() == 1 && large.empty()) std::swap(small, large);  // one matrix: LAPACK with every thread
   std::stable_sort(small.begin(), small.end(), [&](int64_t a, int64_t b) { return rows[a] < rows[b]; });
 
   struct Task {
@@ -78,13 +80,17 @@ void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const Fill& fill,
   const auto opts = at::TensorOptions().dtype(at::kDouble);
 
   auto worker = [&](std::atomic<size_t>& next) {
-    // The interleaved buffers (about 1 MB at d = 384) stay with the thread between
-    // calls: fresh pages would cost more than the work done in them.
-    thread_local std::vector<double> zi, gi, eigi, work;
-    zi.resize(std::max(zi.size(), static_cast<size_t>(n3_max * d * kLanes)));
-    gi.resize(std::max(gi.size(), static_cast<size_t>(n3_max * n3_max * kLanes)));
-    eigi.resize(std::max(eigi.size(), static_cast<size_t>(n3_max * kLanes)));
-    work.resize(std::max(work.size(), static_cast<size_t>(interleaved_eigen_workspace(n3_max))));
+    // Small interleaved buffers (about 1 MB for 64 x 384 matrices) stay with the thread
+    // between calls: fresh pages would cost more than the work done in them.
+    const size_t need = n3_max * (d + n3_max + 1) * kLanes + interleaved_eigen_workspace(n3_max);
+    thread_local std::vector<double> kept;
+    std::vector<double> local;
+    std::vector<double>& buffer = need * sizeof(double) <= kRetainedBytes ? kept : local;
+    if (buffer.size() < need) buffer.resize(need);
+    double* const zi = buffer.data();            // (n3, d) x kLanes
+    double* const gi = zi + n3_max * d * kLanes;  // (n3, n3) x kLanes
+    double* const eigi = gi + n3_max * n3_max * kLanes;
+    double* const work = eigi + n3_max * kLanes;
     std::vector<double> eig(std::max(large_side, group_rows));
     std::vector<double> z, g;  // one matrix: (rows, d) and its Gram
     SymmetricEigenvalues eigenvalues;
@@ -115,11 +121,11 @@ void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const Fill& fill,
       const int64_t n3 = (n + kGramBlock - 1) / kGramBlock * kGramBlock;
       for (int64_t q = 0; q < kLanes; ++q) {
         const int64_t r = q < task.count ? rows[ids[q]] : 0;
-        if (r > 0) fill(ids[q], zi.data() + q, kLanes);
+        if (r > 0) fill(ids[q], zi + q, kLanes);
         for (int64_t i = r * d; i < n3 * d; ++i) zi[i * kLanes + q] = 0.0;  // zero rows: zero eigenvalues
       }
-      interleaved_gram(zi.data(), n3, d, gi.data());
-      const int failed = interleaved_eigenvalues(gi.data(), n3, eigi.data(), work.data());
+      interleaved_gram(zi, n3, d, gi);
+      const int failed = interleaved_eigenvalues(gi, n3, eigi, work);
       for (int64_t q = 0; q < task.count; ++q) {
         const int64_t r = rows[ids[q]];
         if (failed & (1 << q)) {  // the QL iteration did not converge: LAPACK on this matrix
