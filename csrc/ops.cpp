@@ -34,4 +34,14 @@ TORCH_LIBRARY(dse, m) {
   m.def(
       "nearest_other_centroid_distance(Tensor x, Tensor centroids, Tensor labels, Tensor? valid)"
       " -> Tensor");
+
+  // Backward of the differentiable ops (registered as their autograd formulas in
+  // dse_ext/_autograd.py). Each returns the gradient of sum(grad * op(...)) with
+  // respect to the points x (a tensor like x; for effective_rank with index, like
+  // the row table) and, for the distances, the centroids.
+  m.def("cluster_css_backward(Tensor grad, Tensor x, Tensor labels, int k) -> Tensor");
+  m.def("effective_rank_backward(Tensor grad, Tensor x, Tensor? index=None) -> Tensor");
+  m.def(
+      "nearest_other_centroid_distance_backward(Tensor grad, Tensor x, Tensor centroids, Tensor labels,"
+      " Tensor? valid) -> (Tensor grad_x, Tensor grad_centroids)");
 }

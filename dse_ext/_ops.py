@@ -17,7 +17,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without a build
     _C = None
     IMPORT_ERROR = exc
 
-OP_NAMES = ("kmeans", "cluster_css", "effective_rank", "nearest_other_centroid_distance")
+OP_NAMES = ("kmeans", "cluster_css", "effective_rank", "nearest_other_centroid_distance",
+            "cluster_css_backward", "effective_rank_backward", "nearest_other_centroid_distance_backward")
 
 
 def extension_available() -> bool:
@@ -59,3 +60,20 @@ if _C is not None:
     @torch.library.register_fake("dse::nearest_other_centroid_distance")
     def _nearest_other_fake(x, centroids, labels, valid):
         return x.new_empty(x.shape[0], x.shape[1])
+
+    @torch.library.register_fake("dse::cluster_css_backward")
+    def _cluster_css_backward_fake(grad, x, labels, k):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("dse::effective_rank_backward")
+    def _effective_rank_backward_fake(grad, x, index=None):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("dse::nearest_other_centroid_distance_backward")
+    def _nearest_other_backward_fake(grad, x, centroids, labels, valid):
+        return (torch.empty_like(x, memory_format=torch.contiguous_format),
+                torch.empty_like(centroids, memory_format=torch.contiguous_format))
+
+    from . import _autograd
+
+    _autograd.register()

@@ -41,11 +41,15 @@ double squared_norm(const scalar_t* a, int64_t d) {
   return s;
 }
 
-}  // namespace
 
-at::Tensor nearest_other_centroid_distance(const at::Tensor& x_in, const at::Tensor& centroids_in,
-                                           const at::Tensor& labels_in, const std::optional<at::Tensor>& valid_in) {
-  const char* op = "nearest_other_centroid_distance";
+// Checked, contiguous inputs of the forward and backward ops.
+struct NearestInputs {
+  at::Tensor x, c, labels, valid;
+  int64_t P, M, d, k;
+};
+
+NearestInputs check_nearest_inputs(const at::Tensor& x_in, const at::Tensor& centroids_in, const at::Tensor& labels_in,
+                                   const std::optional<at::Tensor>& valid_in, const char* op) {
   check_points(x_in, op);
   check_cpu(x_in, op);
   check_points(centroids_in, op, "centroids");
@@ -68,48 +72,111 @@ at::Tensor nearest_other_centroid_distance(const at::Tensor& x_in, const at::Ten
   }
   const at::Tensor labels = labels_in.contiguous();
   check_label_range(labels, k, op);
-  const at::Tensor x = x_in.contiguous(), c = centroids_in.contiguous();
-  const at::Tensor valid_c = valid.contiguous();
+  return {x_in.contiguous(), centroids_in.contiguous(), labels, valid.contiguous(), P, M, d, k};
+}
 
-  at::Tensor out = at::zeros({P, M}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_nearest_other_cpu", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* cp = c.const_data_ptr<scalar_t>();
-    const int64_t* lp = labels.const_data_ptr<int64_t>();
-    const bool* vp = valid_c.const_data_ptr<bool>();
-    scalar_t* op_out = out.data_ptr<scalar_t>();
-    // Candidates from x . c (a GEMM per problem): |x - c|^2 - |x|^2 = |c|^2 - 2 x . c.
-    std::vector<scalar_t> dots(P * M * k);
-    std::vector<double> c_sq(P * k);
-    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        gemm_abt(M, k, d, xp + p * M * d, d, cp + p * k * d, d, dots.data() + p * M * k, k);
-        for (int64_t j = 0; j < k; ++j) c_sq[p * k + j] = squared_norm(cp + (p * k + j) * d, d);
-      }
-    });
-    at::parallel_for(0, P * M, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t own = lp[i], p = i / M;
-        if (own < 0) continue;
-        const scalar_t* row = dots.data() + i * k;
-        int64_t best = -1;
-        double best_val = std::numeric_limits<double>::infinity();
-        for (int64_t j = 0; j < k; ++j) {
-          if (j == own || !vp[p * k + j]) continue;
-          const double v = c_sq[p * k + j] - 2.0 * static_cast<double>(row[j]);
-          if (v < best_val) {
-            best_val = v;
-            best = j;
-          }
+// For every point, the nearest valid centroid other than its own (-1: none, or an
+// ignored point), chosen from x . c (a GEMM per problem): |x - c|^2 - |x|^2 = |c|^2 - 2 x . c.
+template <typename scalar_t>
+std::vector<int64_t> nearest_other_choice(const NearestInputs& in) {
+  const int64_t P = in.P, M = in.M, d = in.d, k = in.k;
+  const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
+  const scalar_t* cp = in.c.const_data_ptr<scalar_t>();
+  const int64_t* lp = in.labels.const_data_ptr<int64_t>();
+  const bool* vp = in.valid.const_data_ptr<bool>();
+  std::vector<scalar_t> dots(P * M * k);
+  std::vector<double> c_sq(P * k);
+  at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      gemm_abt(M, k, d, xp + p * M * d, d, cp + p * k * d, d, dots.data() + p * M * k, k);
+      for (int64_t j = 0; j < k; ++j) c_sq[p * k + j] = squared_norm(cp + (p * k + j) * d, d);
+    }
+  });
+  std::vector<int64_t> best(P * M, -1);
+  at::parallel_for(0, P * M, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t own = lp[i], p = i / M;
+      if (own < 0) continue;
+      const scalar_t* row = dots.data() + i * k;
+      double best_val = std::numeric_limits<double>::infinity();
+      for (int64_t j = 0; j < k; ++j) {
+        if (j == own || !vp[p * k + j]) continue;
+        const double v = c_sq[p * k + j] - 2.0 * static_cast<double>(row[j]);
+        if (v < best_val) {
+          best_val = v;
+          best[i] = j;
         }
-        if (best >= 0)  // the chosen centroid's distance, measured directly
-          op_out[i] = static_cast<scalar_t>(std::sqrt(squared_distance(xp + i * d, cp + (p * k + best) * d, d)));
       }
+    }
+  });
+  return best;
+}
+
+}  // namespace
+
+at::Tensor nearest_other_centroid_distance(const at::Tensor& x_in, const at::Tensor& centroids_in,
+                                           const at::Tensor& labels_in, const std::optional<at::Tensor>& valid_in) {
+  const NearestInputs in = check_nearest_inputs(x_in, centroids_in, labels_in, valid_in, "nearest_other_centroid_distance");
+  at::Tensor out = at::zeros({in.P, in.M}, in.x.options());
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_nearest_other_cpu", [&] {
+    const std::vector<int64_t> best = nearest_other_choice<scalar_t>(in);
+    const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
+    const scalar_t* cp = in.c.const_data_ptr<scalar_t>();
+    scalar_t* op_out = out.data_ptr<scalar_t>();
+    const int64_t M = in.M, d = in.d, k = in.k;
+    at::parallel_for(0, in.P * M, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        if (best[i] >= 0)  // the chosen centroid's distance, measured directly
+          op_out[i] = static_cast<scalar_t>(std::sqrt(squared_distance(xp + i * d, cp + ((i / M) * k + best[i]) * d, d)));
     });
   });
   return out;
 }
 
-TORCH_LIBRARY_IMPL(dse, CPU, m) { m.impl("nearest_other_centroid_distance", &nearest_other_centroid_distance); }
+std::tuple<at::Tensor, at::Tensor> nearest_other_centroid_distance_backward(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& centroids_in, const at::Tensor& labels_in,
+    const std::optional<at::Tensor>& valid_in) {
+  const char* op = "nearest_other_centroid_distance_backward";
+  const NearestInputs in = check_nearest_inputs(x_in, centroids_in, labels_in, valid_in, op);
+  TORCH_CHECK(grad_in.sizes() == in.labels.sizes(), "dse::", op, ": grad must have shape ", in.labels.sizes(),
+              ", got ", grad_in.sizes());
+  const at::Tensor grad = grad_in.to(in.x.scalar_type()).contiguous();
+  at::Tensor grad_x = at::zeros_like(in.x);
+  at::Tensor target = at::full({in.P * in.M}, in.P * in.k, in.x.options().dtype(at::kLong));  // dump row P * k
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_nearest_other_backward_cpu", [&] {
+    const std::vector<int64_t> best = nearest_other_choice<scalar_t>(in);
+    const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
+    const scalar_t* cp = in.c.const_data_ptr<scalar_t>();
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    scalar_t* gx = grad_x.data_ptr<scalar_t>();
+    int64_t* tp = target.data_ptr<int64_t>();
+    const int64_t M = in.M, d = in.d, k = in.k;
+    at::parallel_for(0, in.P * M, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        if (best[i] < 0) continue;
+        const int64_t centre = (i / M) * k + best[i];
+        const scalar_t* xi = xp + i * d;
+        const scalar_t* ci = cp + centre * d;
+        const double dist = std::sqrt(squared_distance(xi, ci, d));
+        if (!(dist > 0.0)) continue;  // on the centroid: the subgradient 0
+        const double s = static_cast<double>(gp[i]) / dist;
+        for (int64_t t = 0; t < d; ++t)
+          gx[i * d + t] = static_cast<scalar_t>(s * (static_cast<double>(xi[t]) - static_cast<double>(ci[t])));
+        tp[i] = centre;
+      }
+    });
+  });
+  // Each centroid receives minus the gradients of the points that chose it.
+  at::Tensor grad_c = at::zeros({in.P * in.k + 1, in.d}, in.x.options())
+                          .index_add_(0, target, grad_x.view({in.P * in.M, in.d}), -1)
+                          .narrow(0, 0, in.P * in.k)
+                          .view({in.P, in.k, in.d});
+  return {grad_x, grad_c};
+}
+
+TORCH_LIBRARY_IMPL(dse, CPU, m) {
+  m.impl("nearest_other_centroid_distance", &nearest_other_centroid_distance);
+  m.impl("nearest_other_centroid_distance_backward", &nearest_other_centroid_distance_backward);
+}
 
 }  // namespace dse::cpu

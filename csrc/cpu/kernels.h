@@ -18,6 +18,18 @@ at::Tensor effective_rank(const at::Tensor& x, const std::optional<at::Tensor>& 
 at::Tensor nearest_other_centroid_distance(const at::Tensor& x, const at::Tensor& centroids,
                                            const at::Tensor& labels, const std::optional<at::Tensor>& valid);
 
+// Backward kernels: the gradient with respect to the points (and centroids).
+at::Tensor cluster_css_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& labels, int64_t k);
+
+at::Tensor effective_rank_backward(const at::Tensor& grad, const at::Tensor& x,
+                                   const std::optional<at::Tensor>& index = std::nullopt);
+
+std::tuple<at::Tensor, at::Tensor> nearest_other_centroid_distance_backward(const at::Tensor& grad,
+                                                                            const at::Tensor& x,
+                                                                            const at::Tensor& centroids,
+                                                                            const at::Tensor& labels,
+                                                                            const std::optional<at::Tensor>& valid);
+
 // Eigenvalues (ascending) of the smaller Gram matrix of a float64 (n, d) matrix:
 // A A^T when n <= d, else A^T A. Exposed for the tests.
 at::Tensor gram_eigenvalues(const at::Tensor& a);

@@ -58,15 +58,16 @@ void gemm_abt(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, co
   gemm_abt_impl(m, n, kk, a, lda, b, ldb, c, ldc);
 }
 
-void SymmetricEigenvalues::operator()(double* a, int64_t n, int64_t lda, double* w) {
-  TORCH_CHECK(n >= 0 && lda >= std::max<int64_t>(n, 1), "SymmetricEigenvalues: bad sizes n = ", n, ", lda = ", lda);
+void SymmetricEigen::solve(double* a, int64_t n, int64_t lda, double* w, bool vectors) {
+  TORCH_CHECK(n >= 0 && lda >= std::max<int64_t>(n, 1), "SymmetricEigen: bad sizes n = ", n, ", lda = ", lda);
   if (n == 0) return;
 #ifdef DSE_HAVE_LAPACK
-  TORCH_CHECK(lda <= INT32_MAX, "SymmetricEigenvalues: matrix too large for LAPACK");
-  const char jobz = 'N', uplo = 'L';
+  TORCH_CHECK(lda <= INT32_MAX, "SymmetricEigen: matrix too large for LAPACK");
+  // LAPACK reads the row-major buffer as column-major: its lower triangle is our upper one.
+  const char jobz = vectors ? 'V' : 'N', uplo = 'L';
   const int ni = static_cast<int>(n), ldai = static_cast<int>(lda);
   int info = 0;
-  if (work_n_ != n) {  // workspace query, once per matrix order
+  if (work_n_ != n || work_vectors_ != vectors) {  // workspace query, once per order and job
     double work_size = 0.0;
     int iwork_size = 0;
     const int query = -1;
@@ -75,16 +76,22 @@ void SymmetricEigenvalues::operator()(double* a, int64_t n, int64_t lda, double*
     work_.resize(std::max<std::size_t>(static_cast<std::size_t>(work_size), 2 * n + 1));
     iwork_.resize(std::max(iwork_size, 1));
     work_n_ = n;
+    work_vectors_ = vectors;
   }
   const int lwork = static_cast<int>(work_.size()), liwork = static_cast<int>(iwork_.size());
   dsyevd_(&jobz, &uplo, &ni, a, &ldai, w, work_.data(), &lwork, iwork_.data(), &liwork, &info, 1, 1);
   TORCH_CHECK(info == 0, "dsyevd failed to converge (info = ", info, ") on a ", n, " x ", n, " Gram matrix");
+  // Eigenvector i is column i of the column-major result: row i of our buffer.
 #else
-  // at::linalg_eigvalsh reads a row-major tensor; for a symmetric matrix the
-  // lower triangle of the column-major view is the upper one of the row-major view.
   const at::Tensor block = at::from_blob(a, {n, n}, {lda, 1}, at::TensorOptions().dtype(at::kDouble));
-  const at::Tensor eig = at::linalg_eigvalsh(block, "U").contiguous();
-  std::memcpy(w, eig.const_data_ptr<double>(), n * sizeof(double));
+  if (vectors) {
+    const auto [eig, vec] = at::linalg_eigh(block, "U");
+    std::memcpy(w, eig.contiguous().const_data_ptr<double>(), n * sizeof(double));
+    block.copy_(vec.t());  // row i = eigenvector i
+  } else {
+    const at::Tensor eig = at::linalg_eigvalsh(block, "U").contiguous();
+    std::memcpy(w, eig.const_data_ptr<double>(), n * sizeof(double));
+  }
 #endif
 }
 

@@ -17,20 +17,24 @@ void gemm_abt(int64_t m, int64_t n, int64_t kk, const float* a, int64_t lda, con
 void gemm_abt(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
               int64_t ldc);
 
-// Eigenvalues of dense symmetric float64 matrices, one at a time (LAPACK dsyevd,
-// eigenvalues only, with a workspace reused across calls).
-class SymmetricEigenvalues {
+// Eigen-decomposition of dense symmetric float64 matrices, one at a time (LAPACK
+// dsyevd, with a workspace reused across calls). Not thread-safe: one per thread.
+class SymmetricEigen {
  public:
-  // Ascending eigenvalues of the leading n x n block of the column-major (or,
-  // equivalently, row-major: the matrix is symmetric) matrix `a` with leading
-  // dimension lda >= n, written to w[0..n). Only the lower triangle is read;
-  // `a` is overwritten. Not thread-safe: use one instance per thread.
-  void operator()(double* a, int64_t n, int64_t lda, double* w);
+  // Ascending eigenvalues of the leading n x n block of the row-major symmetric
+  // matrix `a` (leading dimension lda >= n) in w[0..n). Only the upper triangle
+  // of `a` is read (a full symmetric matrix is fine); `a` is overwritten.
+  void values(double* a, int64_t n, int64_t lda, double* w) { solve(a, n, lda, w, false); }
+  // The same, and row i of `a` (a[i * lda .. i * lda + n)) becomes the unit
+  // eigenvector of w[i].
+  void vectors(double* a, int64_t n, int64_t lda, double* w) { solve(a, n, lda, w, true); }
 
  private:
+  void solve(double* a, int64_t n, int64_t lda, double* w, bool vectors);
   std::vector<double> work_;
   std::vector<int> iwork_;
-  int64_t work_n_ = -1;  // matrix order the workspace was sized for
+  int64_t work_n_ = -1;  // matrix order and job the workspace was sized for
+  bool work_vectors_ = false;
 };
 
 // True when the direct BLAS/LAPACK path is compiled in.

@@ -17,6 +17,7 @@
 #include "common/checks.h"
 #include "common/spectrum.h"
 #include "cpu/kernels.h"
+#include "cpu/cluster_rows.h"
 #include "cpu/interleaved.h"
 #include "cpu/lapack.h"
 
@@ -26,7 +27,7 @@ at::Tensor gram_eigenvalues(const at::Tensor& a) {
   TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kDouble, "gram_eigenvalues expects a float64 matrix");
   at::Tensor g = (a.size(0) <= a.size(1) ? at::mm(a, a.t()) : at::mm(a.t(), a)).contiguous();
   at::Tensor eig = at::empty({g.size(0)}, g.options());
-  SymmetricEigenvalues()(g.data_ptr<double>(), g.size(0), std::max<int64_t>(1, g.size(0)), eig.data_ptr<double>());
+  SymmetricEigen().values(g.data_ptr<double>(), g.size(0), std::max<int64_t>(1, g.size(0)), eig.data_ptr<double>());
   return eig;
 }
 
@@ -93,7 +94,7 @@ void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const Fill& fill,
     double* const work = eigi + n3_max * kLanes;
     std::vector<double> eig(std::max(large_side, group_rows));
     std::vector<double> z, g;  // one matrix: (rows, d) and its Gram
-    SymmetricEigenvalues eigenvalues;
+    SymmetricEigen eigen;
     // Gram eigenvalues of one row-major (r, d) matrix in z, through BLAS + LAPACK.
     auto solve_one = [&](int64_t r) {
       const int64_t side = std::min(r, d);
@@ -104,7 +105,7 @@ void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const Fill& fill,
         at::mm_out(gt, zt, zt.t());
       else
         at::mm_out(gt, zt.t(), zt);
-      eigenvalues(g.data(), side, side, eig.data());
+      eigen.values(g.data(), side, side, eig.data());
       return side;
     };
     for (size_t t = next++; t < tasks.size(); t = next++) {
@@ -146,43 +147,6 @@ void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const Fill& fill,
   }
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks.size()));
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) { worker(next); });
-}
-
-// Groups the points of each problem by label: order[p * M ...] lists point
-// indices cluster by cluster; offsets[p * (k + 1) + j] .. [+ j + 1] delimit cluster j.
-void group_by_label(const int64_t* labels, int64_t P, int64_t M, int64_t k, std::vector<int64_t>& order,
-                    std::vector<int64_t>& offsets) {
-  order.assign(P * M, 0);
-  offsets.assign(P * (k + 1), 0);
-  at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t* lab = labels + p * M;
-      int64_t* off = offsets.data() + p * (k + 1);
-      for (int64_t i = 0; i < M; ++i)
-        if (lab[i] >= 0) off[lab[i] + 1] += 1;
-      for (int64_t j = 0; j < k; ++j) off[j + 1] += off[j];
-      std::vector<int64_t> cursor(off, off + k);
-      for (int64_t i = 0; i < M; ++i)
-        if (lab[i] >= 0) order[p * M + cursor[lab[i]]++] = i;
-    }
-  });
-}
-
-// Writes the Householder-centred (n - 1, d) matrix of the n member rows (common/spectrum.h).
-template <typename scalar_t>
-void fill_centred(const scalar_t* x, const int64_t* members, int64_t n, int64_t d, double* dst, int64_t stride) {
-  std::vector<double> colsum(d, 0.0);
-  for (int64_t r = 0; r < n; ++r) {
-    const scalar_t* row = x + members[r] * d;
-    for (int64_t t = 0; t < d; ++t) colsum[t] += static_cast<double>(row[t]);
-  }
-  const scalar_t* last = x + members[n - 1] * d;
-  const HouseholderCentering h = householder_centering(n);
-  for (int64_t r = 0; r < n - 1; ++r) {
-    const scalar_t* row = x + members[r] * d;
-    for (int64_t t = 0; t < d; ++t)
-      dst[(r * d + t) * stride] = householder_centered(static_cast<double>(row[t]), colsum[t], static_cast<double>(last[t]), h);
-  }
 }
 
 }  // namespace

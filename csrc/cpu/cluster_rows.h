@@ -1,0 +1,69 @@
+// Rows of the clusters of a labelled point set, shared by the css forward and
+// backward kernels: grouping points by label, and the Householder-centred
+// (n - 1, d) matrix of a cluster (common/spectrum.h) with its adjoint.
+#pragma once
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "common/spectrum.h"
+
+namespace dse::cpu {
+
+// Groups the points of each problem by label: order[p * M ...] lists point
+// indices cluster by cluster; offsets[p * (k + 1) + j] .. [+ j + 1] delimit cluster j.
+inline void group_by_label(const int64_t* labels, int64_t P, int64_t M, int64_t k, std::vector<int64_t>& order,
+                    std::vector<int64_t>& offsets) {
+  order.assign(P * M, 0);
+  offsets.assign(P * (k + 1), 0);
+  at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t* lab = labels + p * M;
+      int64_t* off = offsets.data() + p * (k + 1);
+      for (int64_t i = 0; i < M; ++i)
+        if (lab[i] >= 0) off[lab[i] + 1] += 1;
+      for (int64_t j = 0; j < k; ++j) off[j + 1] += off[j];
+      std::vector<int64_t> cursor(off, off + k);
+      for (int64_t i = 0; i < M; ++i)
+        if (lab[i] >= 0) order[p * M + cursor[lab[i]]++] = i;
+    }
+  });
+}
+
+// Writes the Householder-centred (n - 1, d) matrix of the n member rows (common/spectrum.h).
+template <typename scalar_t>
+void fill_centred(const scalar_t* x, const int64_t* members, int64_t n, int64_t d, double* dst, int64_t stride) {
+  std::vector<double> colsum(d, 0.0);
+  for (int64_t r = 0; r < n; ++r) {
+    const scalar_t* row = x + members[r] * d;
+    for (int64_t t = 0; t < d; ++t) colsum[t] += static_cast<double>(row[t]);
+  }
+  const scalar_t* last = x + members[n - 1] * d;
+  const HouseholderCentering h = householder_centering(n);
+  for (int64_t r = 0; r < n - 1; ++r) {
+    const scalar_t* row = x + members[r] * d;
+    for (int64_t t = 0; t < d; ++t)
+      dst[(r * d + t) * stride] = householder_centered(static_cast<double>(row[t]), colsum[t], static_cast<double>(last[t]), h);
+  }
+}
+
+// Adjoint of fill_centred: given dL/dZ for the (n - 1, d) centred matrix (y, row-major),
+// writes dL/dx for the n member rows to grad (row members[r] of a (M, d) array), scaled by s.
+template <typename scalar_t>
+void scatter_centred_gradient(const double* y, const int64_t* members, int64_t n, int64_t d, double s,
+                              scalar_t* grad) {
+  const HouseholderCentering h = householder_centering(n);
+  const double c = h.a * h.beta;  // = a^2 / (1 - a)
+  std::vector<double> total(d, 0.0);
+  for (int64_t r = 0; r + 1 < n; ++r)
+    for (int64_t t = 0; t < d; ++t) total[t] += y[r * d + t];
+  for (int64_t r = 0; r + 1 < n; ++r) {
+    scalar_t* out = grad + members[r] * d;
+    for (int64_t t = 0; t < d; ++t) out[t] = static_cast<scalar_t>(s * (y[r * d + t] - c * total[t]));
+  }
+  scalar_t* last = grad + members[n - 1] * d;
+  for (int64_t t = 0; t < d; ++t) last[t] = static_cast<scalar_t>(s * h.a * total[t]);
+}
+
+}  // namespace dse::cpu
