@@ -15,6 +15,8 @@ TORCH_LIBRARY(dse, m) {
   m.def(
       "kmeans(Tensor x, Tensor counts, int k, int max_iters, float tol, int seed, int init)"
       " -> (Tensor centroids, Tensor labels, Tensor iterations)");
+  // ... and it is not differentiable: its outputs never require grad.
+  m.impl("kmeans", c10::DispatchKey::Autograd, torch::CppFunction::makeFallthrough());
 
   // Per-cluster centred singular-value sums.
   //   x (P, M, d), labels (P, M) int64 in [-1, k) (-1 = ignore) ->

@@ -14,11 +14,23 @@ namespace dse {
 
 // Eigenvalues of a Gram matrix below `m * eps * lambda_max` are rounding noise
 // (a PSD matrix has none below 0); treat them as exact zeros so that rank
-// deficient inputs give the same value as an SVD would.
-DSE_HOST_DEVICE double gram_noise_floor(const double* eig, int64_t m) {
+// deficient inputs give the same value as an SVD would. `min_floor` raises the
+// floor to a known absolute noise level (e.g. that of centring, see
+// centring_noise_floor), for matrices that are nothing but noise.
+DSE_HOST_DEVICE double gram_noise_floor(const double* eig, int64_t m, double min_floor = 0.0) {
   double lmax = 0.0;
   for (int64_t i = 0; i < m; ++i) lmax = eig[i] > lmax ? eig[i] : lmax;
-  return static_cast<double>(m) * 2.220446049250313e-16 * lmax;
+  const double floor = static_cast<double>(m) * 2.220446049250313e-16 * lmax;
+  return floor > min_floor ? floor : min_floor;
+}
+
+// Gram eigenvalue floor of a centred cluster of n points whose largest row norm
+// is max_norm: centring leaves errors of a few eps * max_norm per row, so the
+// centred matrix of n identical points has singular values up to about
+// sqrt(n) * eps * max_norm instead of 0.
+DSE_HOST_DEVICE double centring_noise_floor(int64_t n, double max_norm) {
+  const double noise = 4.0 * sqrt(static_cast<double>(n)) * 2.220446049250313e-16 * max_norm;
+  return noise * noise;
 }
 
 // Singular value from a Gram eigenvalue, with the noise floor applied.
@@ -27,8 +39,8 @@ DSE_HOST_DEVICE double singular_from_eig(double lambda, double floor) {
 }
 
 // Sum of singular values (nuclear norm) from Gram eigenvalues.
-DSE_HOST_DEVICE double nuclear_norm_from_eigs(const double* eig, int64_t m) {
-  const double floor = gram_noise_floor(eig, m);
+DSE_HOST_DEVICE double nuclear_norm_from_eigs(const double* eig, int64_t m, double min_floor = 0.0) {
+  const double floor = gram_noise_floor(eig, m, min_floor);
   double s = 0.0;
   for (int64_t i = 0; i < m; ++i) s += singular_from_eig(eig[i], floor);
   return s;

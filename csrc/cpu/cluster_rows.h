@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/Parallel.h>
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -32,12 +33,19 @@ inline void group_by_label(const int64_t* labels, int64_t P, int64_t M, int64_t 
 }
 
 // Writes the Householder-centred (n - 1, d) matrix of the n member rows (common/spectrum.h).
+// Returns the Gram eigenvalue floor of its centring noise (centring_noise_floor).
 template <typename scalar_t>
-void fill_centred(const scalar_t* x, const int64_t* members, int64_t n, int64_t d, double* dst, int64_t stride) {
+double fill_centred(const scalar_t* x, const int64_t* members, int64_t n, int64_t d, double* dst, int64_t stride) {
   std::vector<double> colsum(d, 0.0);
+  double max_sq = 0.0;
   for (int64_t r = 0; r < n; ++r) {
     const scalar_t* row = x + members[r] * d;
-    for (int64_t t = 0; t < d; ++t) colsum[t] += static_cast<double>(row[t]);
+    double sq = 0.0;
+    for (int64_t t = 0; t < d; ++t) {
+      colsum[t] += static_cast<double>(row[t]);
+      sq += static_cast<double>(row[t]) * static_cast<double>(row[t]);
+    }
+    max_sq = sq > max_sq ? sq : max_sq;
   }
   const scalar_t* last = x + members[n - 1] * d;
   const HouseholderCentering h = householder_centering(n);
@@ -46,6 +54,7 @@ void fill_centred(const scalar_t* x, const int64_t* members, int64_t n, int64_t 
     for (int64_t t = 0; t < d; ++t)
       dst[(r * d + t) * stride] = householder_centered(static_cast<double>(row[t]), colsum[t], static_cast<double>(last[t]), h);
   }
+  return centring_noise_floor(n, std::sqrt(max_sq));
 }
 
 // Adjoint of fill_centred: given dL/dZ for the (n - 1, d) centred matrix (y, row-major),

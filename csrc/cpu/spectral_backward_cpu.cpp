@@ -35,8 +35,9 @@ struct Scratch {
 };
 
 // y (rows x cols) = dL/dZ for z (rows x cols), both row-major float64.
+// min_floor: an absolute Gram eigenvalue floor (gram_noise_floor).
 void singular_gradient(const double* z, int64_t rows, int64_t cols, const SigmaGradient& dsigma, double* y,
-                       Scratch& s) {
+                       Scratch& s, double min_floor = 0.0) {
   const auto opts = at::TensorOptions().dtype(at::kDouble);
   const bool wide = rows <= cols;
   const int64_t side = wide ? rows : cols;
@@ -53,7 +54,7 @@ void singular_gradient(const double* z, int64_t rows, int64_t cols, const SigmaG
   else
     at::mm_out(g, zt.t(), zt);
   s.eigen.vectors(s.gram.data(), side, side, s.eig.data());  // row i of gram: eigenvector i
-  const double floor = gram_noise_floor(s.eig.data(), side);
+  const double floor = gram_noise_floor(s.eig.data(), side, min_floor);
   for (int64_t i = 0; i < side; ++i) s.sigma[i] = singular_from_eig(s.eig[i], floor);
   dsigma(s.sigma.data(), side, s.h.data());
   // W = E^T diag(h / sigma) E with E's rows the eigenvectors.
@@ -120,10 +121,10 @@ at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_i
       const int64_t p = c / k, n = size_of(c);
       const int64_t* members = members_of(c);
       std::vector<double> z((n - 1) * d), y((n - 1) * d);
-      fill_centred<scalar_t>(xp + p * M * d, members, n, d, z.data(), 1);
+      const double noise = fill_centred<scalar_t>(xp + p * M * d, members, n, d, z.data(), 1);
       singular_gradient(z.data(), n - 1, d, [](const double* sigma, int64_t m, double* h) {
         for (int64_t i = 0; i < m; ++i) h[i] = 1.0;  // d(sum sigma) / d sigma_i
-      }, y.data(), s);
+      }, y.data(), s, noise);
       scatter_centred_gradient<scalar_t>(y.data(), members, n, d, gp[c] / css_denominator(n, d),
                                          op_out + p * M * d);
     });

@@ -173,6 +173,7 @@ std::tuple<at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in, const at:
   }
 
   at::Tensor values = at::zeros({P, k}, x.options().dtype(at::kDouble));
+  std::vector<double> noise(P * k, 0.0);  // each cluster's centring noise floor, set by its fill
   double* vp = values.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_cluster_css_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -180,11 +181,11 @@ std::tuple<at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in, const at:
         rows, d,
         [&](int64_t c, double* dst, int64_t stride) {
           const int64_t p = c / k, j = c % k;
-          fill_centred<scalar_t>(xp + p * M * d, order.data() + p * M + offsets[p * (k + 1) + j], np[c], d, dst,
-                                 stride);
+          noise[c] = fill_centred<scalar_t>(xp + p * M * d, order.data() + p * M + offsets[p * (k + 1) + j], np[c],
+                                            d, dst, stride);
         },
         [&](int64_t c, const double* eig, int64_t m) {
-          vp[c] = nuclear_norm_from_eigs(eig, m) / css_denominator(np[c], d);
+          vp[c] = nuclear_norm_from_eigs(eig, m, noise[c]) / css_denominator(np[c], d);
         });
   });
   return {values.to(x.scalar_type()), counts};

@@ -1,0 +1,145 @@
+"""Gradients of the differentiable ops: gradcheck, the reference's autograd, degenerate spectra,
+opcheck of the autograd registration and torch.compile."""
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from dse_ext import functional as F
+from dse_ext import reference as R
+
+
+def f64(gen, *shape):
+    return torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+
+
+# ------------------------------------------------------------------ gradcheck (float64)
+@pytest.mark.parametrize("P,M,d,k", [(3, 20, 6, 3), (2, 30, 4, 1), (2, 12, 9, 4)])
+def test_css_gradcheck(gen, P, M, d, k):
+    x = f64(gen, P, M, d)
+    labels = torch.randint(-1, k, (P, M), generator=gen)  # -1: ignored points
+    assert gradcheck(lambda x: F.centered_singular_sum(x, labels, k)[0], (x,))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 9), (2, 9, 5), (1, 4, 4)])
+def test_effective_rank_gradcheck(gen, shape):
+    assert gradcheck(F.effective_rank, (f64(gen, *shape),))
+
+
+def test_effective_rank_index_gradcheck(gen):
+    table = f64(gen, 30, 7)
+    index = torch.randint(0, 30, (5, 4), generator=gen)  # rows may repeat
+    assert gradcheck(lambda t: F.effective_rank(t, index=index), (table,))
+
+
+def test_nearest_other_gradcheck(gen):
+    x, c = f64(gen, 2, 15, 5), f64(gen, 2, 4, 5)
+    labels = torch.randint(-1, 4, (2, 15), generator=gen)
+    valid = torch.tensor([[True, False, True, True], [True, True, True, True]])
+    assert gradcheck(lambda x, c: F.nearest_other_centroid_distance(x, c, labels, valid), (x, c))
+
+
+# ------------------------------------------------------------------ against the reference's autograd
+def grads(fn, *inputs):
+    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = fn(*inputs)
+    weights = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).reshape(out.shape)
+    (out * weights).sum().backward()
+    return [t.grad for t in inputs]
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+def test_gradients_match_reference(gen, dtype, rtol):
+    x = torch.randn(3, 40, 8, generator=gen, dtype=dtype)
+    labels = torch.randint(0, 3, (3, 40), generator=gen)
+    c = torch.randn(3, 3, 8, generator=gen, dtype=dtype)
+    for fn_ext, fn_ref, inputs in [
+        (lambda x: F.centered_singular_sum(x, labels, 3)[0], lambda x: R.centered_singular_sum(x, labels, 3)[0], (x,)),
+        (F.effective_rank, R.effective_rank, (x,)),
+        (lambda x: F.effective_rank(x.transpose(1, 2)), lambda x: R.effective_rank(x.transpose(1, 2)), (x,)),
+        (lambda x, c: F.nearest_other_centroid_distance(x, c, labels),
+         lambda x, c: R.nearest_other_centroid_distance(x, c, labels), (x, c)),
+    ]:
+        for g_ext, g_ref in zip(grads(fn_ext, *inputs), grads(fn_ref, *inputs)):
+            torch.testing.assert_close(g_ext, g_ref, rtol=rtol, atol=rtol * float(g_ref.abs().max()))
+
+
+# ------------------------------------------------------------------ degenerate spectra
+def test_degenerate_spectra_give_finite_gradients(gen):
+    base = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    # cluster 0: every point twice (rank-deficient); cluster 1: two identical points; cluster 2: empty
+    x = torch.cat([base, base, torch.ones(2, 5, dtype=torch.float64)]).unsqueeze(0).requires_grad_(True)
+    labels = torch.tensor([[0] * 12 + [1, 1]])
+    v, n = F.centered_singular_sum(x, labels, 3)
+    v.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert torch.all(x.grad[0, 12:] == 0)  # two identical points: css = 0 and flat
+
+    q = torch.linalg.qr(torch.randn(8, 8, generator=gen, dtype=torch.float64))[0][:3]  # repeated sigma = 1
+    for s in (q, torch.zeros(3, 8, dtype=torch.float64), torch.ones(3, 8, dtype=torch.float64)):
+        s = s.clone().requires_grad_(True)
+        F.effective_rank(s).backward()
+        assert torch.isfinite(s.grad).all()
+    # at orthonormal rows erank = 1 is maximal: the gradient vanishes
+    s = q.clone().requires_grad_(True)
+    F.effective_rank(s).backward()
+    assert float(s.grad.abs().max()) < 1e-10
+
+    x = torch.zeros(1, 4, 3, dtype=torch.float64, requires_grad=True)  # points on the other centroid
+    c = torch.zeros(1, 2, 3, dtype=torch.float64, requires_grad=True)
+    F.nearest_other_centroid_distance(x, c, torch.tensor([[0, 1, 0, 1]])).sum().backward()
+    assert torch.all(x.grad == 0) and torch.all(c.grad == 0)
+
+
+def test_kmeans_is_not_differentiable(gen):
+    x = torch.randn(2, 20, 4, generator=gen, requires_grad=True)
+    c, labels = F.kmeans(x, 3)
+    assert not c.requires_grad and labels.dtype == torch.long
+
+
+# ------------------------------------------------------------------ opcheck and compile
+def autograd_samples():
+    g = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(3, 24, 5, generator=g, dtype=dtype, requires_grad=True)
+        labels = torch.randint(-1, 4, (3, 24), generator=g)
+        c = torch.randn(3, 4, 5, generator=g, dtype=dtype, requires_grad=True)
+        table = torch.randn(40, 5, generator=g, dtype=dtype, requires_grad=True)
+        yield "cluster_css", (x, labels, 4)
+        yield "effective_rank", (x,)
+        yield "effective_rank", (table, torch.randint(0, 40, (6, 4), generator=g))
+        yield "nearest_other_centroid_distance", (x, c, labels, None)
+        grad = torch.randn(3, 4, generator=g, dtype=dtype)
+        yield "cluster_css_backward", (grad, x.detach(), labels, 4)
+        yield "effective_rank_backward", (torch.randn(3, generator=g, dtype=dtype), x.detach(), None)
+        yield "nearest_other_centroid_distance_backward", (torch.randn(3, 24, generator=g, dtype=dtype),
+                                                           x.detach(), c.detach(), labels, None)
+
+
+@pytest.mark.parametrize("name,args", list(autograd_samples()), ids=lambda v: v if isinstance(v, str) else "")
+def test_opcheck_with_autograd(name, args):
+    torch.library.opcheck(getattr(torch.ops.dse, name).default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor",
+                                      "test_aot_dispatch_dynamic"))
+
+
+def test_compile_matches_eager_forward_and_backward(gen):
+    x0 = torch.randn(4, 16, 8, generator=gen)
+    labels = torch.randint(0, 3, (4, 16), generator=gen)
+    c0 = torch.randn(4, 3, 8, generator=gen)
+
+    def loss(x, c):
+        v, _ = torch.ops.dse.cluster_css(x, labels, 3)
+        r = torch.ops.dse.effective_rank(x)
+        dist = torch.ops.dse.nearest_other_centroid_distance(x, c, labels, None)
+        return v.sum() + r.sum() + dist.mean()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    results = []
+    for fn in (loss, compiled):
+        x, c = x0.clone().requires_grad_(True), c0.clone().requires_grad_(True)
+        out = fn(x, c)
+        out.backward()
+        results.append((out.detach(), x.grad, c.grad))
+    for eager, comp in zip(*results):
+        torch.testing.assert_close(comp, eager)
