@@ -117,7 +117,7 @@ def _check_clusters(k: int, name: str, tokens: int, where: str, minimum: int = 1
 
 
 def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clusters: int = 24,
-        group_size: int = 8, max_iters: int = 20, tol: float = 1e-4, m_dim: str = "per_position",
+        group_size: int | None = 8, max_iters: int = 20, tol: float = 1e-4, m_dim: str = "per_position",
         seed: int = 0, local_labels=None, global_labels=None, init: str = "k-means++",
         backend: str = "auto") -> DSEOutput:
     """Dense representation Structure Estimator of patch features (DESIGN §2).
@@ -128,7 +128,8 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
         normalize: L2-normalize every token first.
         local_clusters: k-means clusters per image (k_l).
         global_clusters: k-means clusters per group of images (k_g ≥ 2).
-        group_size: images per group for the global clustering (the last group may be smaller).
+        group_size: images per group for the global clustering (the last group may be smaller);
+            ``None``: the whole batch is one group.
         max_iters, tol: k-means stopping rule (see :func:`dse_ext.functional.kmeans`).
         m_dim: ``"per_position"`` (metric form: mean effective rank of N random one-token-per-image
             matrices) or ``"pooled"`` (effective rank of all B·N tokens, the regularizer's form).
@@ -142,12 +143,19 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
     Returns:
         :class:`DSEOutput` of 0-dim tensors. Distances are divided by ``avg_l2`` (mean distance
         of a token to the batch mean), so every component is scale-free.
+
+    Differentiable with respect to ``features`` (the regularizer's use, see
+    :class:`dse_ext.DSERegularizer`): gradients flow through the normalization, ``avg_l2``, the
+    css, the effective ranks and the distances; the clustering (k-means or the given labels) and
+    the centroids are constants.
     """
     x = as_float_tensor(features, "features", check_finite=False)  # checked through avg_l2 below
     check_ndim(x, (3,), "features", "(B, N, d)")
     B, N, d = x.shape
     if B < 2:
         raise ValueError(f"DSE needs at least 2 images (B >= 2), got B = {B}")
+    if group_size is None:
+        group_size = B
     check_positive_int(group_size, "group_size")
     if m_dim not in M_DIM_MODES:
         raise ValueError(f"m_dim must be one of {M_DIM_MODES}, got {m_dim!r}")
@@ -168,13 +176,13 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
         as_float_tensor(features, "features")  # raises with the count of bad values
         raise ValueError("features are too large: their norms overflow; rescale them")
     scale = x.norm(dim=-1).mean()
-    if not float(avg_l2) > 16 * torch.finfo(x.dtype).eps * float(scale):
+    if not float(avg_l2.detach()) > 16 * torch.finfo(x.dtype).eps * float(scale.detach()):
         raise ValueError("all tokens are identical: DSE is undefined for constant features")
     kmeans_opts = dict(max_iters=max_iters, tol=tol, init=init)
 
     # Local structure: clusters inside each image.
     if local_labels is None:
-        _, local_labels = ops.kmeans(x, local_clusters, seed=derive_seed(seed, "local"), **kmeans_opts)
+        _, local_labels = ops.kmeans(x.detach(), local_clusters, seed=derive_seed(seed, "local"), **kmeans_opts)
     css_local, n_local = ops.centered_singular_sum(x, local_labels, local_clusters)
     ok_local = n_local >= 2
     if not bool(ok_local.any()):
@@ -186,12 +194,12 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
     # Batch structure: clusters over groups of images.
     xg, counts = _group(x, group_size)
     if global_labels is None:
-        centroids, labels_g = ops.kmeans(xg, global_clusters, counts=counts, seed=derive_seed(seed, "global"),
-                                         **kmeans_opts)
+        centroids, labels_g = ops.kmeans(xg.detach(), global_clusters, counts=counts,
+                                         seed=derive_seed(seed, "global"), **kmeans_opts)
         present = None
     else:
         labels_g = _group_labels(global_labels, group_size)
-        centroids, present = _segment_means(xg, labels_g, global_clusters)
+        centroids, present = _segment_means(xg.detach(), labels_g, global_clusters)
     css_global, n_global = ops.centered_singular_sum(xg, labels_g, global_clusters)
     if not bool((n_global >= 2).any()):
         raise ValueError("no global cluster has >= 2 tokens: M_intra_batch is undefined; lower global_clusters")

@@ -59,6 +59,15 @@ def test_problems_are_independent_of_batch(gen):
         assert torch.equal(l_all[p], l_mod[p]) and torch.equal(c_all[p], c_mod[p])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lone_problem_matches_batched(gen, dtype):
+    # A lone problem runs with every thread inside it; in a batch, one thread per problem.
+    x = torch.randn(4, 500, 12, generator=gen, dtype=dtype)
+    c_all, l_all = F.kmeans(x, 6, seed=5)
+    c_one, l_one = F.kmeans(x[:1], 6, seed=5)
+    assert torch.equal(l_one[0], l_all[0]) and torch.equal(c_one[0], c_all[0])
+
+
 def test_deterministic_and_seeded(gen):
     x = torch.randn(3, 100, 8, generator=gen)
     a = F.kmeans(x, 5, seed=42)

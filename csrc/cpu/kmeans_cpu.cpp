@@ -3,7 +3,8 @@
 // Each problem is solved whole by one thread (seeding, every Lloyd iteration,
 // the final assignment), so its points stay in that core's cache throughout and
 // it stops on its own convergence test; threads take the next unsolved problem
-// as they finish. Distances come from a small GEMM (|c|^2 - 2 x.c, in float64
+// as they finish. With fewer problems than threads, problems go one at a time
+// and each one's loops and GEMMs use every thread instead. Distances come from a small GEMM (|c|^2 - 2 x.c, in float64
 // from the GEMM's dot products), centroid means are accumulated in float64.
 // A problem's result depends only on its own points, never on the batch.
 #include <ATen/ATen.h>
@@ -31,25 +32,40 @@ struct Workspace {
   std::vector<scalar_t> dots;  // (k, M) c . x
   std::vector<double> xsq, dist2, cum, csq, sums, centroids;  // centroids: (k, d) float64 copy
   std::vector<int64_t> members;
+  bool inner_parallel = false;  // split each problem's loops over threads (when problems are fewer than threads)
 };
+
+// f(begin, end) over [0, n): on all threads when `parallel`, else on this one. Every
+// element is computed the same way either way, so the results do not change.
+template <typename F>
+void loop(bool parallel, int64_t n, int64_t grain, const F& f) {
+  if (parallel)
+    at::parallel_for(0, n, grain, f);
+  else
+    f(0, n);
+}
 
 // k-means++ seeding of one problem: writes k rows of x to c (k, d).
 // Draw j uses uniform01(seed, stream, j); weights are D^2 (init 0) or D (init 1).
 template <typename scalar_t>
 void seed_plus_plus(const scalar_t* x, int64_t n, int64_t d, int64_t k, int64_t init, uint64_t seed, uint64_t stream,
                     scalar_t* c, Workspace<scalar_t>& ws) {
-  for (int64_t i = 0; i < n; ++i) {
-    double s = 0.0;
-    for (int64_t t = 0; t < d; ++t) s += static_cast<double>(x[i * d + t]) * static_cast<double>(x[i * d + t]);
-    ws.xsq[i] = s;
-  }
+  loop(ws.inner_parallel, n, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      double s = 0.0;
+      for (int64_t t = 0; t < d; ++t) s += static_cast<double>(x[i * d + t]) * static_cast<double>(x[i * d + t]);
+      ws.xsq[i] = s;
+    }
+  });
   // |x_i - x_chosen|^2 for every i, clamped at 0 against rounding.
   auto distances_to = [&](int64_t chosen, double* out, bool keep_min) {
     gemm_abt(n, 1, d, x, d, x + chosen * d, d, ws.dots.data(), 1);
-    for (int64_t i = 0; i < n; ++i) {
-      const double v = std::max(0.0, ws.xsq[i] - 2.0 * static_cast<double>(ws.dots[i]) + ws.xsq[chosen]);
-      out[i] = keep_min ? std::min(out[i], v) : v;
-    }
+    loop(ws.inner_parallel, n, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const double v = std::max(0.0, ws.xsq[i] - 2.0 * static_cast<double>(ws.dots[i]) + ws.xsq[chosen]);
+        out[i] = keep_min ? std::min(out[i], v) : v;
+      }
+    });
   };
   int64_t chosen = std::min<int64_t>(static_cast<int64_t>(uniform01(seed, stream, 0) * n), n - 1);
   std::copy(x + chosen * d, x + (chosen + 1) * d, c);
@@ -85,20 +101,22 @@ void assign(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t 
     ws.csq[j] = s;
   }
   double* best_val = ws.dist2.data();  // |x - c|^2 - |x|^2 of the best centroid so far
-  for (int64_t i = 0; i < n; ++i) {
-    best_val[i] = ws.csq[0] - 2.0 * static_cast<double>(ws.dots[i]);
-    labels[i] = 0;
-  }
-  for (int64_t j = 1; j < k; ++j) {
-    const scalar_t* row = ws.dots.data() + j * n;
-    for (int64_t i = 0; i < n; ++i) {
-      const double v = ws.csq[j] - 2.0 * static_cast<double>(row[i]);
-      if (v < best_val[i]) {
-        best_val[i] = v;
-        labels[i] = j;
+  loop(ws.inner_parallel, n, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      best_val[i] = ws.csq[0] - 2.0 * static_cast<double>(ws.dots[i]);
+      labels[i] = 0;
+    }
+    for (int64_t j = 1; j < k; ++j) {
+      const scalar_t* row = ws.dots.data() + j * n;
+      for (int64_t i = begin; i < end; ++i) {
+        const double v = ws.csq[j] - 2.0 * static_cast<double>(row[i]);
+        if (v < best_val[i]) {
+          best_val[i] = v;
+          labels[i] = j;
+        }
       }
     }
-  }
+  });
 }
 
 // Lloyd iterations from the seeded centroids c; returns the number of updates made.
@@ -112,12 +130,14 @@ int64_t lloyd(const scalar_t* x, int64_t n, int64_t d, int64_t k, int64_t max_it
     assign(x, n, d, c, k, labels, ws);
     std::fill(ws.sums.begin(), ws.sums.end(), 0.0);
     std::fill(ws.members.begin(), ws.members.end(), 0);
-    for (int64_t i = 0; i < n; ++i) {
-      double* s = ws.sums.data() + labels[i] * d;
-      const scalar_t* row = x + i * d;
-      for (int64_t t = 0; t < d; ++t) s[t] += static_cast<double>(row[t]);
-      ws.members[labels[i]] += 1;
-    }
+    for (int64_t i = 0; i < n; ++i) ws.members[labels[i]] += 1;
+    loop(ws.inner_parallel, d, 16, [&](int64_t t0, int64_t t1) {  // column blocks: no two threads share a sum
+      for (int64_t i = 0; i < n; ++i) {
+        double* s = ws.sums.data() + labels[i] * d;
+        const scalar_t* row = x + i * d;
+        for (int64_t t = t0; t < t1; ++t) s[t] += static_cast<double>(row[t]);
+      }
+    });
     double shift2 = 0.0;
     for (int64_t j = 0; j < k; ++j) {
       if (ws.members[j] == 0) continue;  // an empty cluster keeps its centroid
@@ -169,8 +189,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmeans(const at::Tensor& x_in, co
     scalar_t* cp = centroids.data_ptr<scalar_t>();
     std::atomic<int64_t> next{0};
     const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), P));
-    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    auto solve = [&](bool inner_parallel) {
       Workspace<scalar_t> ws(M, k, d);
+      ws.inner_parallel = inner_parallel;
       for (int64_t p = next++; p < P; p = next++) {
         const scalar_t* xq = xp + p * M * d;
         scalar_t* cq = cp + p * k * d;
@@ -179,7 +200,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmeans(const at::Tensor& x_in, co
         ip[p] = lloyd(xq, cnt[p], d, k, max_iters, tol, cq, lq, ws);
         assign(xq, cnt[p], d, cq, k, lq, ws);  // labels refer to the returned centroids
       }
-    });
+    };
+    if (P < at::get_num_threads())  // few problems: one at a time, each on every thread (BLAS included)
+      solve(true);
+    else
+      at::parallel_for(0, threads, 1, [&](int64_t, int64_t) { solve(false); });
   });
   return {centroids, labels, iterations};
 }
