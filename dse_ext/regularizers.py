@@ -162,7 +162,7 @@ class DSARegularizer(nn.Module):
         s = self.reliability(p)
         m = self.regulation(h.to(self.project.weight.dtype)).to(z1.dtype)
         target = torch.exp(-torch.cdist(p, p) / self.tau_prior)
-        sign = 2.0 * m - 1.0
+        sign = 2.0 * m.detach() - 1.0  # M is trained by the anchor term only (see the class docstring)
         views = (u1, u2)
         exps = [s[:, None] * torch.cdist(views[a], views[b]) * sign / self.tau for a, b in ((0, 0), (1, 1), (0, 1), (1, 0))]
         stacked = torch.stack(exps)  # (4, B, B)
