@@ -65,7 +65,7 @@ TEST(ClusterCss, TwoPointsAndSkippedClusters) {
   // cluster 0: two points at distance 5 -> one singular value 5 / sqrt(2); cluster 1: one point.
   const at::Tensor x = at::tensor({0.0, 0.0, 3.0, 4.0, 1.0, 1.0}, at::kDouble).view({1, 3, 2});
   const at::Tensor labels = at::tensor({0, 0, 1}, at::kLong).view({1, 3});
-  const auto [values, counts] = dse::cpu::cluster_css(x, labels, 3);
+  const auto [values, counts, eig, vec] = dse::cpu::cluster_css(x, labels, 3);
   EXPECT_NEAR(values[0][0].item<double>(), 5.0 / std::sqrt(2.0) / std::sqrt(2.0), 1e-14);
   EXPECT_EQ(values[0][1].item<double>(), 0.0);
   EXPECT_EQ(counts[0][0].item<int64_t>(), 2);

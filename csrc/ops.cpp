@@ -21,8 +21,12 @@ TORCH_LIBRARY(dse, m) {
   // Per-cluster centred singular-value sums.
   //   x (P, M, d), labels (P, M) int64 in [-1, k) (-1 = ignore) ->
   //   values (P, k) = sum of singular values of (C_j - mean C_j) / sqrt(max(n_j - 1, d)),
-  //   0 where n_j < 2; counts (P, k) int64 = n_j.
-  m.def("cluster_css(Tensor x, Tensor labels, int k) -> (Tensor values, Tensor counts)");
+  //   0 where n_j < 2; counts (P, k) int64 = n_j. With keep_basis, also the float64
+  //   eigenvalues (P, k, S) and eigenvectors (P, k, S, S), S = min(M - 1, d), of each
+  //   cluster's centred Gram matrix, which the backward then reuses; else both are empty.
+  m.def(
+      "cluster_css(Tensor x, Tensor labels, int k, bool keep_basis=False)"
+      " -> (Tensor values, Tensor counts, Tensor eigenvalues, Tensor eigenvectors)");
 
   // Normalized effective rank of each (m, d) matrix: x (P, m, d) -> (P,).
   // With index (P, m) int64, x is a (R, d) row table and matrix p is made of
@@ -41,7 +45,9 @@ TORCH_LIBRARY(dse, m) {
   // dse_ext/_autograd.py). Each returns the gradient of sum(grad * op(...)) with
   // respect to the points x (a tensor like x; for effective_rank with index, like
   // the row table) and, for the distances, the centroids.
-  m.def("cluster_css_backward(Tensor grad, Tensor x, Tensor labels, int k) -> Tensor");
+  m.def(
+      "cluster_css_backward(Tensor grad, Tensor x, Tensor labels, int k, Tensor? eigenvalues=None,"
+      " Tensor? eigenvectors=None) -> Tensor");
   m.def("effective_rank_backward(Tensor grad, Tensor x, Tensor? index=None) -> Tensor");
   m.def(
       "nearest_other_centroid_distance_backward(Tensor grad, Tensor x, Tensor centroids, Tensor labels,"

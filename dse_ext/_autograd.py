@@ -13,16 +13,18 @@ import torch
 
 
 def _css_setup(ctx, inputs, output):
-    x, labels, k = inputs
-    ctx.save_for_backward(x, labels)
+    x, labels, k, _keep_basis = inputs
+    _, _, eigenvalues, eigenvectors = output  # empty unless the forward kept its Gram eigenbases
+    ctx.save_for_backward(x, labels, eigenvalues, eigenvectors)
     ctx.k = k
 
 
-def _css_backward(ctx, grad_values, grad_counts):
-    x, labels = ctx.saved_tensors
+def _css_backward(ctx, grad_values, grad_counts, grad_eigenvalues, grad_eigenvectors):
+    x, labels, eigenvalues, eigenvectors = ctx.saved_tensors
     if grad_values is None or not ctx.needs_input_grad[0]:
-        return None, None, None
-    return torch.ops.dse.cluster_css_backward(grad_values.contiguous(), x, labels, ctx.k), None, None
+        return None, None, None, None
+    grad_x = torch.ops.dse.cluster_css_backward(grad_values.contiguous(), x, labels, ctx.k, eigenvalues, eigenvectors)
+    return grad_x, None, None, None
 
 
 def _rank_setup(ctx, inputs, output):

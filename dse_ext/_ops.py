@@ -49,9 +49,14 @@ if _C is not None:
         return (x.new_empty(P, k, d), x.new_empty(P, M, dtype=torch.long), x.new_empty(P, dtype=torch.long))
 
     @torch.library.register_fake("dse::cluster_css")
-    def _cluster_css_fake(x, labels, k):
-        P = x.shape[0]
-        return x.new_empty(P, k), x.new_empty(P, k, dtype=torch.long)
+    def _cluster_css_fake(x, labels, k, keep_basis=False):
+        P, M, d = x.shape
+        if keep_basis:
+            S = min(M - 1, d)
+            eig, vec = x.new_empty(P, k, S, dtype=torch.float64), x.new_empty(P, k, S, S, dtype=torch.float64)
+        else:
+            eig, vec = x.new_empty(0, dtype=torch.float64), x.new_empty(0, dtype=torch.float64)
+        return x.new_empty(P, k), x.new_empty(P, k, dtype=torch.long), eig, vec
 
     @torch.library.register_fake("dse::effective_rank")
     def _effective_rank_fake(x, index=None):
@@ -62,7 +67,7 @@ if _C is not None:
         return x.new_empty(x.shape[0], x.shape[1])
 
     @torch.library.register_fake("dse::cluster_css_backward")
-    def _cluster_css_backward_fake(grad, x, labels, k):
+    def _cluster_css_backward_fake(grad, x, labels, k, eigenvalues=None, eigenvectors=None):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("dse::effective_rank_backward")

@@ -28,6 +28,7 @@ class DSERegularizer(nn.Module):
         seed: ``None`` draws a new k-means seed every call from a step counter (reproducible
             from run to run, different at every step); an ``int`` uses that seed at every call.
             torch's global RNG is never used.
+        backend: as in :func:`dse_ext.dse` (``"auto"``, ``"ext"`` or ``"reference"``).
 
     ``forward(tokens)`` takes ``(B, N, d)`` patch tokens (any float dtype: bf16/fp16 are computed
     in float32) and returns a float32 (float64 for float64 tokens) scalar. After each call
@@ -37,7 +38,7 @@ class DSERegularizer(nn.Module):
 
     def __init__(self, weight: float = 1e-3, normalize: bool = True, local_clusters: int = 3,
                  global_clusters: int = 24, group_size: int | None = None, m_dim: str = "pooled",
-                 seed: int | None = None):
+                 seed: int | None = None, backend: str = "auto"):
         super().__init__()
         if not math.isfinite(weight):
             raise ValueError(f"weight must be finite, got {weight}")
@@ -52,6 +53,7 @@ class DSERegularizer(nn.Module):
         self.weight, self.normalize, self.m_dim = float(weight), normalize, m_dim
         self.local_clusters, self.global_clusters, self.group_size, self.seed = (
             local_clusters, global_clusters, group_size, seed)
+        self.backend = backend
         self.steps = 0
         self.last: DSEOutput | None = None
 
@@ -63,7 +65,8 @@ class DSERegularizer(nn.Module):
         seed = derive_seed(0, f"regularizer-step-{self.steps}") if self.seed is None else self.seed
         self.steps += 1
         out = dse(tokens, normalize=self.normalize, local_clusters=self.local_clusters,
-                  global_clusters=self.global_clusters, group_size=self.group_size, m_dim=self.m_dim, seed=seed)
+                  global_clusters=self.global_clusters, group_size=self.group_size, m_dim=self.m_dim, seed=seed,
+                  backend=self.backend)
         self.last = DSEOutput(*(t.detach() for t in out))
         return -self.weight * out.dse
 
@@ -87,8 +90,14 @@ class DSARegularizer(nn.Module):
       distance between the L2-normalized embeddings and ``P_ij = exp(−‖p_i − p_j‖ / τ_p)`` the
       prior similarity of the L2-normalized prior features.
 
-    Pairs with ``M > ½`` are pulled together, pairs with ``M < ½`` pushed apart. The MLP is a
-    submodule: pass ``regularizer.parameters()`` to the optimizer with the model's.
+    Pairs with ``M > ½`` are pulled together, pairs with ``M < ½`` pushed apart; with M close to
+    P that means pairs closer than ``τ_p · ln 2`` in the prior space, so choose ``tau_prior`` for
+    the scale of your prior features. M is a constant in the adjustment term: the MLP learns from
+    the anchor term only. (Trained by the adjustment term too, M drifts to 0 everywhere, since
+    every ``d_ij ≥ 0``, and the regularizer only repels; in our synthetic test that raised the
+    crowding ratio instead of lowering it.) The MLP is a submodule: pass
+    ``regularizer.parameters()`` to the optimizer with the model's. ``last`` holds the two terms,
+    the number of outliers and the mean of M of the latest call.
 
     Differences from the authors' release (documented in the README): M is not row-normalized
     (there, ``2M − 1`` is negative almost everywhere so the term only repels); the cross-view

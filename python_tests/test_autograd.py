@@ -64,6 +64,21 @@ def test_gradients_match_reference(gen, dtype, rtol):
             torch.testing.assert_close(g_ext, g_ref, rtol=rtol, atol=rtol * float(g_ref.abs().max()))
 
 
+@pytest.mark.parametrize("d", [6, 400])  # tall and wide clusters of > 128 points
+def test_css_backward_with_kept_basis(gen, d):
+    # Large clusters: the forward keeps its Gram eigenbases and the backward reuses them.
+    x = torch.randn(2, 300, d, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 2, (2, 300), generator=gen)
+    from dse_ext.functional import _keep_basis
+
+    assert _keep_basis(x.requires_grad_(True), 2)
+    (kept,) = grads(lambda x: F.centered_singular_sum(x, labels, 2)[0], x)
+    (fresh,) = grads(lambda x: torch.ops.dse.cluster_css(x, labels, 2, False)[0], x)
+    (ref,) = grads(lambda x: R.centered_singular_sum(x, labels, 2)[0], x)
+    torch.testing.assert_close(kept, fresh, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(kept, ref, rtol=1e-9, atol=1e-11)
+
+
 # ------------------------------------------------------------------ degenerate spectra
 def test_degenerate_spectra_give_finite_gradients(gen):
     base = torch.randn(6, 5, generator=gen, dtype=torch.float64)
@@ -106,11 +121,14 @@ def autograd_samples():
         c = torch.randn(3, 4, 5, generator=g, dtype=dtype, requires_grad=True)
         table = torch.randn(40, 5, generator=g, dtype=dtype, requires_grad=True)
         yield "cluster_css", (x, labels, 4)
+        yield "cluster_css", (x, labels, 4, True)
         yield "effective_rank", (x,)
         yield "effective_rank", (table, torch.randint(0, 40, (6, 4), generator=g))
         yield "nearest_other_centroid_distance", (x, c, labels, None)
         grad = torch.randn(3, 4, generator=g, dtype=dtype)
         yield "cluster_css_backward", (grad, x.detach(), labels, 4)
+        _, _, eig, vec = torch.ops.dse.cluster_css(x.detach(), labels, 4, True)
+        yield "cluster_css_backward", (grad, x.detach(), labels, 4, eig, vec)
         yield "effective_rank_backward", (torch.randn(3, generator=g, dtype=dtype), x.detach(), None)
         yield "nearest_other_centroid_distance_backward", (torch.randn(3, 24, generator=g, dtype=dtype),
                                                            x.detach(), c.detach(), labels, None)
@@ -129,7 +147,7 @@ def test_compile_matches_eager_forward_and_backward(gen):
     c0 = torch.randn(4, 3, 8, generator=gen)
 
     def loss(x, c):
-        v, _ = torch.ops.dse.cluster_css(x, labels, 3)
+        v = torch.ops.dse.cluster_css(x, labels, 3)[0]
         r = torch.ops.dse.effective_rank(x)
         dist = torch.ops.dse.nearest_other_centroid_distance(x, c, labels, None)
         return v.sum() + r.sum() + dist.mean()

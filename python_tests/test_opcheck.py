@@ -33,7 +33,7 @@ def test_compile_traces_the_ops():
 
     def f(x):
         labels = torch.ops.dse.kmeans(x, torch.full((4,), 16, dtype=torch.long), 3, 5, 1e-4, 0, 0)[1]
-        v, _ = torch.ops.dse.cluster_css(x, labels, 3)
+        v = torch.ops.dse.cluster_css(x, labels, 3)[0]
         return v.sum() + torch.ops.dse.effective_rank(x).sum()
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")

@@ -11,7 +11,13 @@ namespace dse::cpu {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kmeans(const at::Tensor& x, const at::Tensor& counts, int64_t k,
                                                       int64_t max_iters, double tol, int64_t seed, int64_t init);
 
-std::tuple<at::Tensor, at::Tensor> cluster_css(const at::Tensor& x, const at::Tensor& labels, int64_t k);
+// keep_basis: also return each cluster's centred Gram eigenvalues (P, k, S) and
+// eigenvectors (P, k, S, S), S = min(M - 1, d), for the backward; else two empty tensors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_css(const at::Tensor& x, const at::Tensor& labels,
+                                                                       int64_t k, bool keep_basis = false);
+// cluster_css's keep_basis path: (values as float64, eigenvalues, eigenvectors); inputs already checked.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_css_keep_basis(const at::Tensor& x, const at::Tensor& labels,
+                                                                      int64_t k);
 
 at::Tensor effective_rank(const at::Tensor& x, const std::optional<at::Tensor>& index = std::nullopt);
 
@@ -19,7 +25,9 @@ at::Tensor nearest_other_centroid_distance(const at::Tensor& x, const at::Tensor
                                            const at::Tensor& labels, const std::optional<at::Tensor>& valid);
 
 // Backward kernels: the gradient with respect to the points (and centroids).
-at::Tensor cluster_css_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& labels, int64_t k);
+at::Tensor cluster_css_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& labels, int64_t k,
+                                const std::optional<at::Tensor>& eigenvalues = std::nullopt,
+                                const std::optional<at::Tensor>& eigenvectors = std::nullopt);
 
 at::Tensor effective_rank_backward(const at::Tensor& grad, const at::Tensor& x,
                                    const std::optional<at::Tensor>& index = std::nullopt);

@@ -34,41 +34,66 @@ struct Scratch {
   SymmetricEigen eigen;
 };
 
-// y (rows x cols) = dL/dZ for z (rows x cols), both row-major float64.
-// min_floor: an absolute Gram eigenvalue floor (gram_noise_floor).
-void singular_gradient(const double* z, int64_t rows, int64_t cols, const SigmaGradient& dsigma, double* y,
-                       Scratch& s, double min_floor = 0.0) {
+// Eigen-decomposition of the smaller Gram matrix of z (rows x cols, row-major):
+// side = min(rows, cols) eigenvalues to eig and eigenvectors to the rows of vec
+// (row i at vec + i * ldv). vec also receives the Gram matrix first.
+int64_t gram_basis(const double* z, int64_t rows, int64_t cols, double* eig, double* vec, int64_t ldv,
+                   SymmetricEigen& eigen) {
   const auto opts = at::TensorOptions().dtype(at::kDouble);
   const bool wide = rows <= cols;
   const int64_t side = wide ? rows : cols;
-  s.gram.resize(side * side);
-  s.eig.resize(side);
-  s.sigma.resize(side);
-  s.h.assign(side, 0.0);
-  s.weighted.resize(side * side);
-  s.w.resize(side * side);
   const at::Tensor zt = at::from_blob(const_cast<double*>(z), {rows, cols}, opts);
-  at::Tensor g = at::from_blob(s.gram.data(), {side, side}, opts);
+  at::Tensor g = at::from_blob(vec, {side, side}, {ldv, 1}, opts);
   if (wide)
     at::mm_out(g, zt, zt.t());
   else
     at::mm_out(g, zt.t(), zt);
-  s.eigen.vectors(s.gram.data(), side, side, s.eig.data());  // row i of gram: eigenvector i
-  const double floor = gram_noise_floor(s.eig.data(), side, min_floor);
-  for (int64_t i = 0; i < side; ++i) s.sigma[i] = singular_from_eig(s.eig[i], floor);
+  eigen.vectors(vec, side, ldv, eig);
+  return side;
+}
+
+// y (rows x cols) = dL/dZ for z, from z's Gram eigen-decomposition (gram_basis).
+void apply_singular_gradient(const double* z, int64_t rows, int64_t cols, const double* eig, const double* vec,
+                             int64_t ldv, const SigmaGradient& dsigma, double* y, Scratch& s, double min_floor) {
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  const bool wide = rows <= cols;
+  const int64_t side = wide ? rows : cols;
+  s.sigma.resize(side);
+  s.h.assign(side, 0.0);
+  s.weighted.resize(side * side);
+  s.w.resize(side * side);
+  const double floor = gram_noise_floor(eig, side, min_floor);
+  for (int64_t i = 0; i < side; ++i) s.sigma[i] = singular_from_eig(eig[i], floor);
   dsigma(s.sigma.data(), side, s.h.data());
   // W = E^T diag(h / sigma) E with E's rows the eigenvectors.
   for (int64_t i = 0; i < side; ++i) {
     const double f = s.sigma[i] > 0.0 ? s.h[i] / s.sigma[i] : 0.0;
-    for (int64_t j = 0; j < side; ++j) s.weighted[i * side + j] = f * s.gram[i * side + j];
+    for (int64_t j = 0; j < side; ++j) s.weighted[i * side + j] = f * vec[i * ldv + j];
   }
+  const at::Tensor e = at::from_blob(const_cast<double*>(vec), {side, side}, {ldv, 1}, opts);
   at::Tensor w = at::from_blob(s.w.data(), {side, side}, opts);
-  at::mm_out(w, g.t(), at::from_blob(s.weighted.data(), {side, side}, opts));
+  at::mm_out(w, e.t(), at::from_blob(s.weighted.data(), {side, side}, opts));
+  const at::Tensor zt = at::from_blob(const_cast<double*>(z), {rows, cols}, opts);
   at::Tensor yt = at::from_blob(y, {rows, cols}, opts);
   if (wide)
     at::mm_out(yt, w, zt);
   else
     at::mm_out(yt, zt, w);
+}
+
+// y (rows x cols) = dL/dZ for z (rows x cols), both row-major float64.
+// min_floor: an absolute Gram eigenvalue floor (gram_noise_floor).
+void singular_gradient(const double* z, int64_t rows, int64_t cols, const SigmaGradient& dsigma, double* y,
+                       Scratch& s, double min_floor = 0.0) {
+  const int64_t side = std::min(rows, cols);
+  s.gram.resize(side * side);
+  s.eig.resize(side);
+  gram_basis(z, rows, cols, s.eig.data(), s.gram.data(), side, s.eigen);
+  apply_singular_gradient(z, rows, cols, s.eig.data(), s.gram.data(), side, dsigma, y, s, min_floor);
+}
+
+void sum_of_sigma(const double*, int64_t m, double* h) {
+  for (int64_t i = 0; i < m; ++i) h[i] = 1.0;  // d(sum sigma) / d sigma_i
 }
 
 // Runs task(i, scratch) for i in [0, n) on all threads, costliest first.
@@ -89,7 +114,8 @@ void for_each_matrix(const std::vector<int64_t>& ids, const std::function<void(i
 }  // namespace
 
 at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& labels_in,
-                                int64_t k) {
+                                int64_t k, const std::optional<at::Tensor>& eigenvalues_in,
+                                const std::optional<at::Tensor>& eigenvectors_in) {
   const char* op = "cluster_css_backward";
   check_points(x_in, op);
   check_cpu(x_in, op);
@@ -101,6 +127,20 @@ at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_i
   check_label_range(labels, k, op);
   const at::Tensor grad = grad_in.to(at::kDouble).contiguous();
   const double* gp = grad.const_data_ptr<double>();
+  // The forward's Gram eigen-decompositions (cluster_css with keep_basis), when given.
+  const bool have_basis = eigenvalues_in.has_value() && eigenvalues_in->numel() > 0;
+  at::Tensor basis_eig, basis_vec;
+  int64_t S = 0;
+  if (have_basis) {
+    TORCH_CHECK(eigenvectors_in.has_value(), "dse::", op, ": eigenvalues given without eigenvectors");
+    S = std::min(M - 1, d);
+    basis_eig = eigenvalues_in->contiguous();
+    basis_vec = eigenvectors_in->contiguous();
+    TORCH_CHECK(basis_eig.scalar_type() == at::kDouble && basis_vec.scalar_type() == at::kDouble &&
+                    basis_eig.sizes() == at::IntArrayRef({P, k, S}) && basis_vec.sizes() == at::IntArrayRef({P, k, S, S}),
+                "dse::", op, ": the basis must be float64 (P, k, S) eigenvalues and (P, k, S, S) eigenvectors with S = ",
+                S, ", got ", basis_eig.sizes(), " and ", basis_vec.sizes());
+  }
 
   std::vector<int64_t> order, offsets;
   group_by_label(labels.const_data_ptr<int64_t>(), P, M, k, order, offsets);
@@ -122,14 +162,45 @@ at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_i
       const int64_t* members = members_of(c);
       std::vector<double> z((n - 1) * d), y((n - 1) * d);
       const double noise = fill_centred<scalar_t>(xp + p * M * d, members, n, d, z.data(), 1);
-      singular_gradient(z.data(), n - 1, d, [](const double* sigma, int64_t m, double* h) {
-        for (int64_t i = 0; i < m; ++i) h[i] = 1.0;  // d(sum sigma) / d sigma_i
-      }, y.data(), s, noise);
+      if (have_basis)
+        apply_singular_gradient(z.data(), n - 1, d, basis_eig.const_data_ptr<double>() + c * S,
+                                basis_vec.const_data_ptr<double>() + c * S * S, S, sum_of_sigma, y.data(), s, noise);
+      else
+        singular_gradient(z.data(), n - 1, d, sum_of_sigma, y.data(), s, noise);
       scatter_centred_gradient<scalar_t>(y.data(), members, n, d, gp[c] / css_denominator(n, d),
                                          op_out + p * M * d);
     });
   });
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_css_keep_basis(const at::Tensor& x, const at::Tensor& labels,
+                                                                      int64_t k) {
+  const int64_t P = x.size(0), M = x.size(1), d = x.size(2), S = std::min(M - 1, d);
+  std::vector<int64_t> order, offsets;
+  group_by_label(labels.const_data_ptr<int64_t>(), P, M, k, order, offsets);
+  auto size_of = [&](int64_t c) { return offsets[(c / k) * (k + 1) + c % k + 1] - offsets[(c / k) * (k + 1) + c % k]; };
+  std::vector<int64_t> ids;
+  for (int64_t c = 0; c < P * k; ++c)
+    if (size_of(c) >= 2) ids.push_back(c);
+  std::stable_sort(ids.begin(), ids.end(), [&](int64_t a, int64_t b) { return size_of(a) > size_of(b); });
+  const auto opts = x.options().dtype(at::kDouble);
+  at::Tensor values = at::zeros({P, k}, opts), eig = at::zeros({P, k, S}, opts), vec = at::zeros({P, k, S, S}, opts);
+  double* vp = values.data_ptr<double>();
+  double* ep = eig.data_ptr<double>();
+  double* gp = vec.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_cluster_css_keep_basis_cpu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    for_each_matrix(ids, [&](int64_t c, Scratch& s) {
+      const int64_t p = c / k, n = size_of(c);
+      std::vector<double> z((n - 1) * d);
+      const double noise = fill_centred<scalar_t>(xp + p * M * d, order.data() + p * M + offsets[p * (k + 1) + c % k],
+                                                  n, d, z.data(), 1);
+      const int64_t side = gram_basis(z.data(), n - 1, d, ep + c * S, gp + c * S * S, S, s.eigen);
+      vp[c] = nuclear_norm_from_eigs(ep + c * S, side, noise) / css_denominator(n, d);
+    });
+  });
+  return {values, eig, vec};
 }
 
 at::Tensor effective_rank_backward(const at::Tensor& grad_in, const at::Tensor& x,

@@ -151,7 +151,9 @@ void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const Fill& fill,
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in, const at::Tensor& labels_in, int64_t k) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in,
+                                                                       const at::Tensor& labels_in, int64_t k,
+                                                                       bool keep_basis) {
   check_points(x_in, "cluster_css");
   check_cpu(x_in, "cluster_css");
   check_labels(labels_in, x_in, "cluster_css");
@@ -172,6 +174,10 @@ std::tuple<at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in, const at:
     rows[c] = np[c] >= 2 ? np[c] - 1 : 0;  // clusters with fewer than 2 points are skipped
   }
 
+  if (keep_basis) {
+    auto [values, eig, vec] = cluster_css_keep_basis(x, labels, k);
+    return {values.to(x.scalar_type()), counts, eig, vec};
+  }
   at::Tensor values = at::zeros({P, k}, x.options().dtype(at::kDouble));
   std::vector<double> noise(P * k, 0.0);  // each cluster's centring noise floor, set by its fill
   double* vp = values.data_ptr<double>();
@@ -188,7 +194,8 @@ std::tuple<at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in, const at:
           vp[c] = nuclear_norm_from_eigs(eig, m, noise[c]) / css_denominator(np[c], d);
         });
   });
-  return {values.to(x.scalar_type()), counts};
+  const auto empty = x.options().dtype(at::kDouble);
+  return {values.to(x.scalar_type()), counts, at::empty({0}, empty), at::empty({0}, empty)};
 }
 
 at::Tensor effective_rank(const at::Tensor& x, const std::optional<at::Tensor>& index_in) {
