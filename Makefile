@@ -9,7 +9,7 @@ BUILD_DEPS := scikit-build-core pybind11 ninja "cmake>=3.26,<4"
 TEST_DEPS := pytest numpy
 CPP_BUILD := build/cpp
 
-.PHONY: all venv install test test-python test-cpp bench clean
+.PHONY: all venv install test test-python test-cpp bench bench-regularizer clean
 
 all: install
 
@@ -45,6 +45,10 @@ test-cpp: venv
 
 bench: install
 	$(VPY) bench/bench_dse.py --repeats 5
+
+bench-regularizer: install
+	$(VPY) -m pip install -q timm
+	$(VPY) bench/bench_regularizer.py --repeats 3
 
 clean:
 	rm -rf build dist *.egg-info
