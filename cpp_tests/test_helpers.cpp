@@ -9,6 +9,7 @@
 
 #include "common/rng.h"
 #include "common/spectrum.h"
+#include "cpu/cluster_rows.h"
 #include "cpu/kernels.h"
 
 TEST(Rng, SplitMix64ReferenceValue) {
@@ -74,4 +75,24 @@ TEST(Spectrum, HouseholderCentringKeepsTheSingularValues) {
     // Z Z^T has exactly the non-zero spectrum of the centred Gram matrix: traces agree.
     EXPECT_NEAR(z.square().sum().item<double>(), centred.square().sum().item<double>(), 1e-10);
   }
+}
+
+TEST(ClusterRows, ScatterIsTheAdjointOfTheCentring) {
+  // fill_centred is linear in the points (Z = R X); scatter_centred_gradient applies R^T.
+  at::manual_seed(21);
+  const int64_t n = 7, d = 5, M = 9;
+  const at::Tensor x = at::randn({M, d}, at::kDouble);
+  const std::vector<int64_t> members = {4, 0, 8, 2, 6, 1, 5};
+  std::vector<double> z((n - 1) * d);
+  dse::cpu::fill_centred<double>(x.const_data_ptr<double>(), members.data(), n, d, z.data(), 1);
+  const at::Tensor y = at::randn({n - 1, d}, at::kDouble);
+  at::Tensor back = at::zeros({M, d}, at::kDouble);
+  dse::cpu::scatter_centred_gradient<double>(y.const_data_ptr<double>(), members.data(), n, d, 1.0,
+                                             back.data_ptr<double>());
+  double lhs = 0.0;
+  for (int64_t i = 0; i < (n - 1) * d; ++i) lhs += z[i] * y.const_data_ptr<double>()[i];
+  EXPECT_NEAR(lhs, (back * x).sum().item<double>(), 1e-12);
+  // the points outside the cluster get nothing, and the gradient of a translation-free map sums to 0
+  EXPECT_EQ(back[3].abs().sum().item<double>(), 0.0);
+  EXPECT_NEAR(back.sum(0).abs().max().item<double>(), 0.0, 1e-12);
 }

@@ -32,6 +32,20 @@ def test_dse_regularizer_gradient_and_mixed_precision(gen):
         assert float(tokens.grad.float().abs().max()) > 0
 
 
+def test_dse_regularizer_under_autocast_computes_in_float32(gen):
+    tokens = torch.randn(6, 40, 16, generator=gen, requires_grad=True)
+    reg = dse_ext.DSERegularizer(seed=1)
+    plain = reg(tokens)
+    plain.backward()
+    grad = tokens.grad.clone()
+    tokens.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = reg(tokens)
+    mixed.backward()
+    torch.testing.assert_close(mixed, plain)
+    torch.testing.assert_close(tokens.grad, grad)
+
+
 def test_dse_regularizer_seeds_and_global_rng(gen):
     tokens = torch.randn(4, 30, 8, generator=gen)
     state = torch.get_rng_state()
