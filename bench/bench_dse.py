@@ -142,7 +142,7 @@ def main() -> None:
 
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() and dse_ext.cuda_built() else []))
     print(f"# dse_ext {dse_ext.__version__} benchmark — torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} CPU threads, {time.strftime('%Y-%m-%d')}")
+          f"{torch.get_num_threads()} CPU threads, {time.strftime('%Y-%m-%d')}; build {dse_ext.build_info()}")
     print("Defaults: k_l=3, k_g=24, G=8, max_iters=20, tol=1e-4, m_dim=per_position; median of "
           f"{args.repeats} calls after a warm-up.\n")
     for device in devices:

@@ -93,7 +93,7 @@ def main() -> None:
     import dse_ext
 
     print(f"# dse_ext {dse_ext.__version__} regularizer benchmark — torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads, {time.strftime('%Y-%m-%d')}")
+          f"{torch.get_num_threads()} CPU threads, {time.strftime('%Y-%m-%d')}; build {dse_ext.build_info()}")
     print("DSERegularizer defaults (whole batch as one group, pooled M_dim); forward + backward, median of "
           f"{args.repeats} calls after a warm-up; ViT-S/16 step = forward, backward and SGD update.\n")
     print("| B×N×d | ext fwd+bwd (ms) | reference fwd+bwd (ms) | speed-up | ViT-S/16 step (s) | ext / step |")

@@ -4,6 +4,11 @@
 // computation goes through the dispatcher. Import torch before this module.
 #include <pybind11/pybind11.h>
 
+#include "cpu/interleaved.h"
+#include "cpu/lapack.h"
+
+#include <string>
+
 #ifndef DSE_VERSION
 #define DSE_VERSION "unknown"
 #endif
@@ -16,4 +21,6 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+  m.attr("direct_lapack") = dse::cpu::uses_direct_lapack();      // BLAS/LAPACK called without ATen
+  m.attr("cpu_simd") = std::string(dse::cpu::interleaved_isa());  // "avx2" or "portable"
 }

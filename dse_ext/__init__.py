@@ -15,11 +15,11 @@ Modules: :mod:`dse_ext.functional` (the compiled building blocks),
 import torch  # noqa: F401  (load torch's libraries before the compiled module)
 
 from . import functional, reference
-from ._ops import cuda_built, extension_available
+from ._ops import build_info, cuda_built, extension_available
 from .crowding import CrowdingOutput, crowding
 from .metric import DSEOutput, dse
 from .regularizers import DSARegularizer, DSERegularizer
 
 __version__ = "0.1.0"
 __all__ = ["dse", "DSEOutput", "DSERegularizer", "DSARegularizer", "crowding", "CrowdingOutput", "functional",
-           "reference", "extension_available", "cuda_built"]
+           "reference", "extension_available", "cuda_built", "build_info"]

@@ -31,6 +31,14 @@ def cuda_built() -> bool:
     return _C is not None and bool(_C.with_cuda)
 
 
+def build_info() -> dict:
+    """How the compiled operators were built and which CPU paths they take on this machine."""
+    if _C is None:
+        return {"extension": False, "error": str(IMPORT_ERROR)}
+    return {"extension": True, "version": _C.__version__, "cuda": bool(_C.with_cuda),
+            "direct_lapack": bool(_C.direct_lapack), "cpu_simd": str(_C.cpu_simd)}
+
+
 def has_kernel(device: torch.device) -> bool:
     """True when every dse op has a compiled kernel for ``device``'s type."""
     if _C is None:

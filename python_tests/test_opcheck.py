@@ -39,3 +39,11 @@ def test_compile_traces_the_ops():
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x), f(x))
     assert dse_ext.extension_available()
+
+
+def test_build_info_reports_the_cpu_paths():
+    import dse_ext
+
+    info = dse_ext.build_info()
+    assert info["extension"] is True and info["version"] == dse_ext.__version__
+    assert info["cpu_simd"] in ("avx2", "portable") and isinstance(info["direct_lapack"], bool)
