@@ -28,10 +28,15 @@ TORCH_LIBRARY(dse, m) {
       "cluster_css(Tensor x, Tensor labels, int k, bool keep_basis=False)"
       " -> (Tensor values, Tensor counts, Tensor eigenvalues, Tensor eigenvectors)");
 
-  // Normalized effective rank of each (m, d) matrix: x (P, m, d) -> (P,).
+  // Normalized effective rank of each (m, d) matrix: x (P, m, d) -> values (P,).
   // With index (P, m) int64, x is a (R, d) row table and matrix p is made of
   // the rows x[index[p, 0]], ..., x[index[p, m - 1]] (no gathered copy is made).
-  m.def("effective_rank(Tensor x, Tensor? index=None) -> Tensor");
+  // With keep_basis, also the float64 eigenvalues (P, S) and eigenvectors
+  // (P, S, S), S = min(m, d), of each Gram matrix, which the backward then
+  // reuses; else both are empty.
+  m.def(
+      "effective_rank(Tensor x, Tensor? index=None, bool keep_basis=False)"
+      " -> (Tensor values, Tensor eigenvalues, Tensor eigenvectors)");
 
   // Euclidean distance from each point to the nearest centroid other than its own.
   //   x (P, M, d), centroids (P, k, d), labels (P, M) int64 in [-1, k),
@@ -48,7 +53,9 @@ TORCH_LIBRARY(dse, m) {
   m.def(
       "cluster_css_backward(Tensor grad, Tensor x, Tensor labels, int k, Tensor? eigenvalues=None,"
       " Tensor? eigenvectors=None) -> Tensor");
-  m.def("effective_rank_backward(Tensor grad, Tensor x, Tensor? index=None) -> Tensor");
+  m.def(
+      "effective_rank_backward(Tensor grad, Tensor x, Tensor? index=None, Tensor? eigenvalues=None,"
+      " Tensor? eigenvectors=None) -> Tensor");
   m.def(
       "nearest_other_centroid_distance_backward(Tensor grad, Tensor x, Tensor centroids, Tensor labels,"
       " Tensor? valid) -> (Tensor grad_x, Tensor grad_centroids)");

@@ -28,15 +28,16 @@ def _css_backward(ctx, grad_values, grad_counts, grad_eigenvalues, grad_eigenvec
 
 
 def _rank_setup(ctx, inputs, output):
-    x, index = inputs
-    ctx.save_for_backward(x, index)
+    x, index, _keep_basis = inputs
+    _, eigenvalues, eigenvectors = output  # empty unless the forward kept its Gram eigenbases
+    ctx.save_for_backward(x, index, eigenvalues, eigenvectors)
 
 
-def _rank_backward(ctx, grad):
-    x, index = ctx.saved_tensors
+def _rank_backward(ctx, grad, grad_eigenvalues, grad_eigenvectors):
+    x, index, eigenvalues, eigenvectors = ctx.saved_tensors
     if grad is None or not ctx.needs_input_grad[0]:
-        return None, None
-    return torch.ops.dse.effective_rank_backward(grad.contiguous(), x, index), None
+        return None, None, None
+    return torch.ops.dse.effective_rank_backward(grad.contiguous(), x, index, eigenvalues, eigenvectors), None, None
 
 
 def _nearest_setup(ctx, inputs, output):

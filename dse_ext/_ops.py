@@ -67,8 +67,14 @@ if _C is not None:
         return x.new_empty(P, k), x.new_empty(P, k, dtype=torch.long), eig, vec
 
     @torch.library.register_fake("dse::effective_rank")
-    def _effective_rank_fake(x, index=None):
-        return x.new_empty(x.shape[0] if index is None else index.shape[0])
+    def _effective_rank_fake(x, index=None, keep_basis=False):
+        P, m, d = (x.shape[0], x.shape[1], x.shape[2]) if index is None else (index.shape[0], index.shape[1], x.shape[1])
+        if keep_basis:
+            S = min(m, d)
+            eig, vec = x.new_empty(P, S, dtype=torch.float64), x.new_empty(P, S, S, dtype=torch.float64)
+        else:
+            eig, vec = x.new_empty(0, dtype=torch.float64), x.new_empty(0, dtype=torch.float64)
+        return x.new_empty(P), eig, vec
 
     @torch.library.register_fake("dse::nearest_other_centroid_distance")
     def _nearest_other_fake(x, centroids, labels, valid):
@@ -79,7 +85,7 @@ if _C is not None:
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("dse::effective_rank_backward")
-    def _effective_rank_backward_fake(grad, x, index=None):
+    def _effective_rank_backward_fake(grad, x, index=None, eigenvalues=None, eigenvectors=None):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("dse::nearest_other_centroid_distance_backward")

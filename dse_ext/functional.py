@@ -46,6 +46,15 @@ def _keep_basis(x: torch.Tensor, num_clusters: int) -> bool:
     return M / num_clusters > 128 and P * num_clusters * S * S * 8 <= KEEP_BASIS_BYTES
 
 
+def _keep_rank_basis(x: torch.Tensor, P: int, m: int, d: int) -> bool:
+    """The same choice for the effective rank's (P, m, d) matrices (e.g. the pooled M_dim of
+    the regularizer, one 12544 × 384 matrix: forward +6 ms, backward −57 ms on 2 cores)."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return False
+    S = min(m, d)
+    return m > 128 and P * S * S * 8 <= KEEP_BASIS_BYTES
+
+
 def kmeans(x, num_clusters: int, *, max_iters: int = 20, tol: float = 1e-4, seed: int = 0,
            init: str = "k-means++", counts=None):
     """Batched k-means with k-means++ seeding.
@@ -108,11 +117,12 @@ def effective_rank(x, index=None):
     x, index = rank_args(x, index)
     _require_kernel(x)
     if index is not None:
-        out = torch.ops.dse.effective_rank(x, index.reshape(-1, index.shape[-1]))
-        return out.reshape(index.shape[:-1])
-    lead = x.shape[:-2]
-    out = torch.ops.dse.effective_rank(x.reshape(-1, x.shape[-2], x.shape[-1]))
-    return out.reshape(lead)
+        rows = index.reshape(-1, index.shape[-1])
+        keep = _keep_rank_basis(x, rows.shape[0], rows.shape[1], x.shape[1])
+        return torch.ops.dse.effective_rank(x, rows, keep)[0].reshape(index.shape[:-1])
+    flat = x.reshape(-1, x.shape[-2], x.shape[-1])
+    keep = _keep_rank_basis(x, *flat.shape)
+    return torch.ops.dse.effective_rank(flat, None, keep)[0].reshape(x.shape[:-2])
 
 
 def nearest_other_centroid_distance(x, centroids, labels, valid=None):

@@ -79,6 +79,19 @@ def test_css_backward_with_kept_basis(gen, d):
     torch.testing.assert_close(kept, ref, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("shape", [(1, 300, 20), (2, 140, 150)])  # tall, and wide matrices of > 128 rows
+def test_effective_rank_backward_with_kept_basis(gen, shape):
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    from dse_ext.functional import _keep_rank_basis
+
+    assert _keep_rank_basis(x.requires_grad_(True), *shape)
+    (kept,) = grads(F.effective_rank, x)
+    (fresh,) = grads(lambda x: torch.ops.dse.effective_rank(x, None, False)[0], x)
+    (ref,) = grads(R.effective_rank, x)
+    torch.testing.assert_close(kept, fresh, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(kept, ref, rtol=1e-8, atol=1e-12)
+
+
 # ------------------------------------------------------------------ degenerate spectra
 def test_degenerate_spectra_give_finite_gradients(gen):
     base = torch.randn(6, 5, generator=gen, dtype=torch.float64)
@@ -123,6 +136,7 @@ def autograd_samples():
         yield "cluster_css", (x, labels, 4)
         yield "cluster_css", (x, labels, 4, True)
         yield "effective_rank", (x,)
+        yield "effective_rank", (x, None, True)
         yield "effective_rank", (table, torch.randint(0, 40, (6, 4), generator=g))
         yield "nearest_other_centroid_distance", (x, c, labels, None)
         grad = torch.randn(3, 4, generator=g, dtype=dtype)
@@ -130,6 +144,8 @@ def autograd_samples():
         _, _, eig, vec = torch.ops.dse.cluster_css(x.detach(), labels, 4, True)
         yield "cluster_css_backward", (grad, x.detach(), labels, 4, eig, vec)
         yield "effective_rank_backward", (torch.randn(3, generator=g, dtype=dtype), x.detach(), None)
+        _, eig, vec = torch.ops.dse.effective_rank(x.detach(), None, True)
+        yield "effective_rank_backward", (torch.randn(3, generator=g, dtype=dtype), x.detach(), None, eig, vec)
         yield "nearest_other_centroid_distance_backward", (torch.randn(3, 24, generator=g, dtype=dtype),
                                                            x.detach(), c.detach(), labels, None)
 
@@ -148,7 +164,7 @@ def test_compile_matches_eager_forward_and_backward(gen):
 
     def loss(x, c):
         v = torch.ops.dse.cluster_css(x, labels, 3)[0]
-        r = torch.ops.dse.effective_rank(x)
+        r = torch.ops.dse.effective_rank(x)[0]
         dist = torch.ops.dse.nearest_other_centroid_distance(x, c, labels, None)
         return v.sum() + r.sum() + dist.mean()
 

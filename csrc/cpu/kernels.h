@@ -19,7 +19,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_css(const at:
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_css_keep_basis(const at::Tensor& x, const at::Tensor& labels,
                                                                       int64_t k);
 
-at::Tensor effective_rank(const at::Tensor& x, const std::optional<at::Tensor>& index = std::nullopt);
+// keep_basis: also return each matrix's Gram eigenvalues (P, S) and eigenvectors (P, S, S),
+// S = min(m, d), for the backward; else two empty tensors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> effective_rank(const at::Tensor& x,
+                                                              const std::optional<at::Tensor>& index = std::nullopt,
+                                                              bool keep_basis = false);
+struct RankRows;
+// effective_rank's keep_basis path: (values as float64, eigenvalues, eigenvectors); inputs already checked.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> effective_rank_keep_basis(const at::Tensor& x, const RankRows& rows);
 
 at::Tensor nearest_other_centroid_distance(const at::Tensor& x, const at::Tensor& centroids,
                                            const at::Tensor& labels, const std::optional<at::Tensor>& valid);
@@ -30,7 +37,9 @@ at::Tensor cluster_css_backward(const at::Tensor& grad, const at::Tensor& x, con
                                 const std::optional<at::Tensor>& eigenvectors = std::nullopt);
 
 at::Tensor effective_rank_backward(const at::Tensor& grad, const at::Tensor& x,
-                                   const std::optional<at::Tensor>& index = std::nullopt);
+                                   const std::optional<at::Tensor>& index = std::nullopt,
+                                   const std::optional<at::Tensor>& eigenvalues = std::nullopt,
+                                   const std::optional<at::Tensor>& eigenvectors = std::nullopt);
 
 std::tuple<at::Tensor, at::Tensor> nearest_other_centroid_distance_backward(const at::Tensor& grad,
                                                                             const at::Tensor& x,

@@ -22,6 +22,7 @@
 #include "cpu/cluster_rows.h"
 #include "cpu/kernels.h"
 #include "cpu/lapack.h"
+#include "cpu/rank_rows.h"
 
 namespace dse::cpu {
 namespace {
@@ -203,28 +204,70 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_css_keep_basis(const at::
   return {values, eig, vec};
 }
 
+namespace {
+
+// dL/dsigma of the normalized effective rank, scaled by `scale` (the incoming gradient / min(m, d)):
+// erank = exp(H) / min(m, d), H = -sum p_i log p_i, p_i = sigma_i / S, so
+// d erank / d sigma_i = exp(H) (-log p_i - H) / S / min(m, d) for sigma_i > 0.
+SigmaGradient effective_rank_sigma_gradient(double scale) {
+  return [scale](const double* sigma, int64_t count, double* h) {
+    double total = 0.0;
+    for (int64_t i = 0; i < count; ++i) total += sigma[i];
+    if (!(total > 0.0)) return;  // all-zero matrix: erank is 0 and flat
+    double entropy = 0.0;
+    for (int64_t i = 0; i < count; ++i)
+      if (sigma[i] > 0.0) entropy -= sigma[i] / total * std::log(sigma[i] / total);
+    const double e = std::exp(entropy);
+    for (int64_t i = 0; i < count; ++i)
+      if (sigma[i] > 0.0) h[i] = scale * e * (-std::log(sigma[i] / total) - entropy) / total;
+  };
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> effective_rank_keep_basis(const at::Tensor& x, const RankRows& rows) {
+  const int64_t P = rows.P, m = rows.m, d = rows.d, S = std::min(m, d);
+  const auto opts = x.options().dtype(at::kDouble);
+  at::Tensor values = at::empty({P}, opts), eig = at::zeros({P, S}, opts), vec = at::zeros({P, S, S}, opts);
+  double* vp = values.data_ptr<double>();
+  double* ep = eig.data_ptr<double>();
+  double* gp = vec.data_ptr<double>();
+  std::vector<int64_t> ids(P);
+  for (int64_t p = 0; p < P; ++p) ids[p] = p;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_effective_rank_keep_basis_cpu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    for_each_matrix(ids, [&](int64_t p, Scratch& s) {
+      std::vector<double> z(m * d);
+      rows.fill(xp, p, z.data(), 1);
+      gram_basis(z.data(), m, d, ep + p * S, gp + p * S * S, S, s.eigen);
+      vp[p] = effective_rank_from_eigs(ep + p * S, S, S);
+    });
+  });
+  return {values, eig, vec};
+}
+
 at::Tensor effective_rank_backward(const at::Tensor& grad_in, const at::Tensor& x,
-                                   const std::optional<at::Tensor>& index_in) {
+                                   const std::optional<at::Tensor>& index, const std::optional<at::Tensor>& eigenvalues_in,
+                                   const std::optional<at::Tensor>& eigenvectors_in) {
   const char* op = "effective_rank_backward";
-  check_cpu(x, op);
-  at::Tensor index;
-  int64_t P, m, d, s0, s1, s2;
-  if (index_in.has_value()) {
-    index = index_in->contiguous();
-    TORCH_CHECK(x.dim() == 2 && index.dim() == 2 && index.scalar_type() == at::kLong, "dse::", op,
-                ": expected a (rows, dim) table and a 2-D int64 index, got ", x.sizes(), " and ", index.sizes());
-    P = index.size(0), m = index.size(1), d = x.size(1);
-    s0 = 0, s1 = x.stride(0), s2 = x.stride(1);
-  } else {
-    check_points(x, op);
-    P = x.size(0), m = x.size(1), d = x.size(2);
-    s0 = x.stride(0), s1 = x.stride(1), s2 = x.stride(2);
-  }
+  const RankRows rows(x, index, op);
+  const int64_t P = rows.P, m = rows.m, d = rows.d, S = std::min(m, d);
   TORCH_CHECK(grad_in.dim() == 1 && grad_in.size(0) == P, "dse::", op, ": grad must have shape (", P, ",), got ",
               grad_in.sizes());
   const at::Tensor grad = grad_in.to(at::kDouble).contiguous();
   const double* gp = grad.const_data_ptr<double>();
-  const int64_t* ip = index.defined() ? index.const_data_ptr<int64_t>() : nullptr;
+  // The forward's Gram eigen-decompositions (effective_rank with keep_basis), when given.
+  const bool have_basis = eigenvalues_in.has_value() && eigenvalues_in->numel() > 0;
+  at::Tensor basis_eig, basis_vec;
+  if (have_basis) {
+    TORCH_CHECK(eigenvectors_in.has_value(), "dse::", op, ": eigenvalues given without eigenvectors");
+    basis_eig = eigenvalues_in->contiguous();
+    basis_vec = eigenvectors_in->contiguous();
+    TORCH_CHECK(basis_eig.scalar_type() == at::kDouble && basis_vec.scalar_type() == at::kDouble &&
+                    basis_eig.sizes() == at::IntArrayRef({P, S}) && basis_vec.sizes() == at::IntArrayRef({P, S, S}),
+                "dse::", op, ": the basis must be float64 (P, S) eigenvalues and (P, S, S) eigenvectors with S = ", S,
+                ", got ", basis_eig.sizes(), " and ", basis_vec.sizes());
+  }
   std::vector<int64_t> ids;
   for (int64_t p = 0; p < P; ++p)
     if (gp[p] != 0.0) ids.push_back(p);
@@ -235,30 +278,19 @@ at::Tensor effective_rank_backward(const at::Tensor& grad_in, const at::Tensor& 
     scalar_t* out = per_matrix.data_ptr<scalar_t>();
     for_each_matrix(ids, [&](int64_t p, Scratch& s) {
       std::vector<double> z(m * d), y(m * d);
-      for (int64_t r = 0; r < m; ++r) {
-        const scalar_t* src = xp + (ip ? ip[p * m + r] * s1 : p * s0 + r * s1);
-        for (int64_t t = 0; t < d; ++t) z[r * d + t] = static_cast<double>(src[t * s2]);
-      }
-      const double scale = gp[p] / static_cast<double>(std::min(m, d));
-      singular_gradient(z.data(), m, d, [&](const double* sigma, int64_t count, double* h) {
-        // erank = exp(H) / min(m, d), H = -sum p_i log p_i, p_i = sigma_i / S:
-        // d erank / d sigma_i = exp(H) (-log p_i - H) / S / min(m, d), for sigma_i > 0.
-        double total = 0.0;
-        for (int64_t i = 0; i < count; ++i) total += sigma[i];
-        if (!(total > 0.0)) return;  // all-zero matrix: erank is 0 and flat
-        double entropy = 0.0;
-        for (int64_t i = 0; i < count; ++i)
-          if (sigma[i] > 0.0) entropy -= sigma[i] / total * std::log(sigma[i] / total);
-        const double e = std::exp(entropy);
-        for (int64_t i = 0; i < count; ++i)
-          if (sigma[i] > 0.0) h[i] = scale * e * (-std::log(sigma[i] / total) - entropy) / total;
-      }, y.data(), s);
+      rows.fill(xp, p, z.data(), 1);
+      const SigmaGradient dsigma = effective_rank_sigma_gradient(gp[p] / static_cast<double>(S));
+      if (have_basis)
+        apply_singular_gradient(z.data(), m, d, basis_eig.const_data_ptr<double>() + p * S,
+                                basis_vec.const_data_ptr<double>() + p * S * S, S, dsigma, y.data(), s, 0.0);
+      else
+        singular_gradient(z.data(), m, d, dsigma, y.data(), s);
       for (int64_t i = 0; i < m * d; ++i) out[p * m * d + i] = static_cast<scalar_t>(y[i]);
     });
   });
-  if (!index.defined()) return per_matrix;
+  if (!rows.index.defined()) return per_matrix;
   return at::zeros_like(x, at::MemoryFormat::Contiguous)
-      .index_add_(0, index.reshape({-1}), per_matrix.reshape({P * m, d}));
+      .index_add_(0, rows.index.reshape({-1}), per_matrix.reshape({P * m, d}));
 }
 
 TORCH_LIBRARY_IMPL(dse, CPU, m) {

@@ -20,6 +20,7 @@
 #include "cpu/cluster_rows.h"
 #include "cpu/interleaved.h"
 #include "cpu/lapack.h"
+#include "cpu/rank_rows.h"
 
 namespace dse::cpu {
 
@@ -198,49 +199,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_css(const at:
   return {values.to(x.scalar_type()), counts, at::empty({0}, empty), at::empty({0}, empty)};
 }
 
-at::Tensor effective_rank(const at::Tensor& x, const std::optional<at::Tensor>& index_in) {
-  const char* op = "effective_rank";
-  at::Tensor index;
-  int64_t P, m, d, s0, s1, s2;  // matrix p, row r, column t is x[p * s0 + r * s1 + t * s2] without index
-  if (index_in.has_value()) {
-    index = index_in->contiguous();
-    TORCH_CHECK(x.dim() == 2, "dse::", op, ": with index, x must be a 2-D (rows, dim) table, got shape ", x.sizes());
-    TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "dse::", op,
-                ": x must be float32 or float64, got ", x.scalar_type());
-    TORCH_CHECK(x.numel() > 0, "dse::", op, ": x must not be empty, got shape ", x.sizes());
-    TORCH_CHECK(index.dim() == 2 && index.numel() > 0 && index.scalar_type() == at::kLong, "dse::", op,
-                ": index must be a non-empty 2-D int64 tensor (matrices, rows), got ", index.scalar_type(), " ",
-                index.sizes());
-    check_cpu(index, op);
-    const int64_t lo = index.min().item<int64_t>(), hi = index.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < x.size(0), "dse::", op, ": index must lie in [0, ", x.size(0), "), got [", lo, ", ",
-                hi, "]");
-    P = index.size(0), m = index.size(1), d = x.size(1);
-    s0 = 0, s1 = x.stride(0), s2 = x.stride(1);
-  } else {
-    check_points(x, op);
-    P = x.size(0), m = x.size(1), d = x.size(2);
-    s0 = x.stride(0), s1 = x.stride(1), s2 = x.stride(2);  // strided views are read in place
+std::tuple<at::Tensor, at::Tensor, at::Tensor> effective_rank(const at::Tensor& x,
+                                                              const std::optional<at::Tensor>& index,
+                                                              bool keep_basis) {
+  const RankRows rows(x, index, "effective_rank");
+  if (keep_basis) {
+    auto [values, eig, vec] = effective_rank_keep_basis(x, rows);
+    return {values.to(x.scalar_type()), eig, vec};
   }
-  check_cpu(x, op);
-  const int64_t* ip = index.defined() ? index.const_data_ptr<int64_t>() : nullptr;
+  const int64_t P = rows.P, m = rows.m, d = rows.d;
   at::Tensor out = at::empty({P}, x.options().dtype(at::kDouble));
   double* op_out = out.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_effective_rank_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     gram_spectra(
         std::vector<int64_t>(P, m), d,
-        [&](int64_t p, double* dst, int64_t stride) {
-          for (int64_t r = 0; r < m; ++r) {
-            const scalar_t* src = xp + (ip ? ip[p * m + r] * s1 : p * s0 + r * s1);
-            for (int64_t t = 0; t < d; ++t) dst[(r * d + t) * stride] = static_cast<double>(src[t * s2]);
-          }
-        },
+        [&](int64_t p, double* dst, int64_t stride) { rows.fill(xp, p, dst, stride); },
         [&](int64_t p, const double* eig, int64_t side) {
           op_out[p] = effective_rank_from_eigs(eig, side, std::min(m, d));
         });
   });
-  return out.to(x.scalar_type());
+  const auto empty = x.options().dtype(at::kDouble);
+  return {out.to(x.scalar_type()), at::empty({0}, empty), at::empty({0}, empty)};
 }
 
 TORCH_LIBRARY_IMPL(dse, CPU, m) {
