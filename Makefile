@@ -29,15 +29,17 @@ test: test-python test-cpp
 test-python: install
 	$(VENV)/bin/pytest -q python_tests
 
-# The C++ tests run twice: with torch's BLAS/LAPACK called directly (as the
-# Python module does) and through ATen (the fallback for torch builds without them).
+# The C++ tests run in two builds: one as the Python module is built (CUDA kernels when
+# DSE_CUDA allows and nvcc is found; torch's BLAS/LAPACK called directly), one CPU-only
+# with BLAS/LAPACK through ATen (the configuration of a CPU torch without those symbols).
+DSE_CUDA ?= AUTO
 test-cpp: venv
 	@command -v apt-get >/dev/null && ! [ -f /usr/include/gtest/gtest.h ] && \
 	  (apt-get update -qq && apt-get install -y -qq libgtest-dev >/dev/null) || true
-	for lapack in ON OFF; do \
-	  dir=$(CPP_BUILD)-lapack-$$lapack && \
+	for config in "module:$(DSE_CUDA):ON" "cpu-only:OFF:OFF"; do \
+	  IFS=: read name cuda lapack <<< "$$config" && dir=$(CPP_BUILD)-$$name && \
 	  $(VENV)/bin/cmake -S . -B $$dir -G Ninja -DDSE_BUILD_TESTS=ON -DDSE_BUILD_PYTHON=OFF \
-	    -DDSE_DIRECT_LAPACK=$$lapack -DPython_EXECUTABLE=$(abspath $(VPY)) \
+	    -DDSE_CUDA=$$cuda -DDSE_DIRECT_LAPACK=$$lapack -DPython_EXECUTABLE=$(abspath $(VPY)) \
 	    -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) >/dev/null && \
 	  $(VENV)/bin/cmake --build $$dir && \
 	  (cd $$dir && $(abspath $(VENV))/bin/ctest --output-on-failure) || exit 1; \

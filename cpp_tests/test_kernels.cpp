@@ -40,6 +40,17 @@ TEST(Schemas, AllOpsRegisteredForCpu) {
   }
 }
 
+#ifdef DSE_WITH_CUDA
+TEST(Schemas, CudaKernelsRegistered) {
+  // Built and linked on machines without a GPU too: the registrations must be there.
+  for (const char* name : {"dse::nearest_other_centroid_distance", "dse::nearest_other_centroid_distance_backward"}) {
+    const auto handle = c10::Dispatcher::singleton().findSchema({name, ""});
+    ASSERT_TRUE(handle.has_value()) << name;
+    EXPECT_TRUE(handle->hasKernelForDispatchKey(c10::DispatchKey::CUDA)) << name;
+  }
+}
+#endif
+
 TEST(EffectiveRank, OrthonormalRowsGiveOne) {
   at::manual_seed(1);
   const at::Tensor q = std::get<0>(at::linalg_qr(at::randn({12, 12}, at::kDouble)));

@@ -1,0 +1,176 @@
+// Distance from each point to the nearest centroid other than its own (CUDA),
+// forward and backward. One thread per point measures its distance to every
+// centroid directly in float64 (no GEMM cancellation) and keeps the nearest
+// valid one other than its own (ties to the lowest index). The backward
+// recomputes that choice; each centroid's gradient is summed by one thread over
+// its problem's points in order, so it is deterministic (no atomics).
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+#include "common/checks.h"
+#include "cuda/cuda_utils.cuh"
+
+namespace dse::cuda {
+namespace {
+
+template <typename scalar_t>
+__device__ double squared_distance(const scalar_t* a, const scalar_t* b, int64_t d) {
+  double acc = 0.0;
+  for (int64_t t = 0; t < d; ++t) {
+    const double diff = static_cast<double>(a[t]) - static_cast<double>(b[t]);
+    acc += diff * diff;
+  }
+  return acc;
+}
+
+// best[i]: the chosen centroid of point i (-1: ignored point or no other valid centroid);
+// dist[i]: its distance (0 when best[i] < 0).
+template <typename scalar_t>
+__global__ void nearest_other_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ c,
+                                     const int64_t* __restrict__ labels, const bool* __restrict__ valid, int64_t P,
+                                     int64_t M, int64_t d, int64_t k, int64_t* __restrict__ best,
+                                     double* __restrict__ dist) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= P * M) return;
+  const int64_t own = labels[i], p = i / M;
+  int64_t choice = -1;
+  double best_sq = std::numeric_limits<double>::infinity();
+  if (own >= 0) {
+    for (int64_t j = 0; j < k; ++j) {
+      if (j == own || (valid != nullptr && !valid[p * k + j])) continue;
+      const double sq = squared_distance(x + i * d, c + (p * k + j) * d, d);
+      if (sq < best_sq) {
+        best_sq = sq;
+        choice = j;
+      }
+    }
+  }
+  best[i] = choice;
+  dist[i] = choice >= 0 ? sqrt(best_sq) : 0.0;
+}
+
+// grad_x[i] = g_i (x_i - c) / |x_i - c| for the chosen centroid c (0 on the centroid).
+template <typename scalar_t>
+__global__ void nearest_other_grad_x_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ c,
+                                            const scalar_t* __restrict__ grad, const int64_t* __restrict__ best,
+                                            const double* __restrict__ dist, int64_t P, int64_t M, int64_t d,
+                                            int64_t k, scalar_t* __restrict__ grad_x) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= P * M * d) return;
+  const int64_t i = e / d, t = e % d;
+  double value = 0.0;
+  if (best[i] >= 0 && dist[i] > 0.0) {
+    const scalar_t* ci = c + ((i / M) * k + best[i]) * d;
+    value = static_cast<double>(grad[i]) / dist[i] * (static_cast<double>(x[e]) - static_cast<double>(ci[t]));
+  }
+  grad_x[e] = static_cast<scalar_t>(value);
+}
+
+// grad_c[p, j, t] = -sum over the points of problem p that chose j of grad_x[i, t], in point order.
+template <typename scalar_t>
+__global__ void nearest_other_grad_c_kernel(const scalar_t* __restrict__ grad_x, const int64_t* __restrict__ best,
+                                            int64_t P, int64_t M, int64_t d, int64_t k,
+                                            scalar_t* __restrict__ grad_c) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= P * k * d) return;
+  const int64_t t = e % d, j = (e / d) % k, p = e / (d * k);
+  double acc = 0.0;
+  for (int64_t i = p * M; i < (p + 1) * M; ++i)
+    if (best[i] == j) acc -= static_cast<double>(grad_x[i * d + t]);
+  grad_c[e] = static_cast<scalar_t>(acc);
+}
+
+struct Inputs {
+  at::Tensor x, c, labels, valid;  // valid undefined: all centroids exist
+  int64_t P, M, d, k;
+};
+
+Inputs check_inputs(const at::Tensor& x_in, const at::Tensor& c_in, const at::Tensor& labels_in,
+                    const std::optional<at::Tensor>& valid_in, const char* op) {
+  check_points(x_in, op);
+  check_points(c_in, op, "centroids");
+  check_labels(labels_in, x_in, op);
+  TORCH_CHECK(x_in.is_cuda(), "dse::", op, ": expected a CUDA tensor, got one on ", x_in.device());
+  check_on_device(c_in, x_in, op, "centroids");
+  const int64_t P = x_in.size(0), M = x_in.size(1), d = x_in.size(2), k = c_in.size(1);
+  TORCH_CHECK(c_in.size(0) == P && c_in.size(2) == d, "dse::", op, ": centroids must have shape (P, k, d) with P = ",
+              P, " and d = ", d, ", got ", c_in.sizes());
+  TORCH_CHECK(c_in.scalar_type() == x_in.scalar_type(), "dse::", op, ": centroids dtype ", c_in.scalar_type(),
+              " differs from x dtype ", x_in.scalar_type());
+  at::Tensor valid;
+  if (valid_in.has_value()) {
+    valid = valid_in->contiguous();
+    check_on_device(valid, x_in, op, "valid");
+    TORCH_CHECK(valid.dim() == 2 && valid.size(0) == P && valid.size(1) == k && valid.scalar_type() == at::kBool,
+                "dse::", op, ": valid must be a bool tensor of shape (", P, ", ", k, "), got ", valid.scalar_type(),
+                " ", valid.sizes());
+  }
+  const at::Tensor labels = labels_in.contiguous();
+  check_label_range(labels, k, op);
+  return {x_in.contiguous(), c_in.contiguous(), labels, valid, P, M, d, k};
+}
+
+// Launches nearest_other_kernel; returns (best (P, M) int64, dist (P, M) float64).
+std::tuple<at::Tensor, at::Tensor> choose(const Inputs& in) {
+  at::Tensor best = at::empty({in.P, in.M}, in.labels.options());
+  at::Tensor dist = at::empty({in.P, in.M}, in.x.options().dtype(at::kDouble));
+  if (in.P * in.M == 0) return {best, dist};
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_nearest_other_cuda", [&] {
+    nearest_other_kernel<scalar_t><<<blocks_for(in.P * in.M), kThreads, 0, stream>>>(
+        in.x.const_data_ptr<scalar_t>(), in.c.const_data_ptr<scalar_t>(), in.labels.const_data_ptr<int64_t>(),
+        in.valid.defined() ? in.valid.const_data_ptr<bool>() : nullptr, in.P, in.M, in.d, in.k,
+        best.data_ptr<int64_t>(), dist.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {best, dist};
+}
+
+}  // namespace
+
+at::Tensor nearest_other_centroid_distance(const at::Tensor& x, const at::Tensor& centroids, const at::Tensor& labels,
+                                           const std::optional<at::Tensor>& valid) {
+  const Inputs in = check_inputs(x, centroids, labels, valid, "nearest_other_centroid_distance");
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  return std::get<1>(choose(in)).to(in.x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> nearest_other_centroid_distance_backward(
+    const at::Tensor& grad_in, const at::Tensor& x, const at::Tensor& centroids, const at::Tensor& labels,
+    const std::optional<at::Tensor>& valid) {
+  const char* op = "nearest_other_centroid_distance_backward";
+  const Inputs in = check_inputs(x, centroids, labels, valid, op);
+  TORCH_CHECK(grad_in.sizes() == in.labels.sizes(), "dse::", op, ": grad must have shape ", in.labels.sizes(),
+              ", got ", grad_in.sizes());
+  check_on_device(grad_in, in.x, op, "grad");
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  const at::Tensor grad = grad_in.to(in.x.scalar_type()).contiguous();
+  const auto [best, dist] = choose(in);
+  at::Tensor grad_x = at::empty_like(in.x), grad_c = at::empty_like(in.c);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_nearest_other_backward_cuda", [&] {
+    if (in.x.numel() > 0) {
+      nearest_other_grad_x_kernel<scalar_t><<<blocks_for(in.x.numel()), kThreads, 0, stream>>>(
+          in.x.const_data_ptr<scalar_t>(), in.c.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
+          best.const_data_ptr<int64_t>(), dist.const_data_ptr<double>(), in.P, in.M, in.d, in.k,
+          grad_x.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (in.c.numel() > 0) {
+      nearest_other_grad_c_kernel<scalar_t><<<blocks_for(in.c.numel()), kThreads, 0, stream>>>(
+          grad_x.const_data_ptr<scalar_t>(), best.const_data_ptr<int64_t>(), in.P, in.M, in.d, in.k,
+          grad_c.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {grad_x, grad_c};
+}
+
+TORCH_LIBRARY_IMPL(dse, CUDA, m) {
+  m.impl("nearest_other_centroid_distance", &nearest_other_centroid_distance);
+  m.impl("nearest_other_centroid_distance_backward", &nearest_other_centroid_distance_backward);
+}
+
+}  // namespace dse::cuda

@@ -1,0 +1,55 @@
+"""CUDA kernels against the CPU kernels (skipped without a GPU), and a check that CI built them."""
+
+import os
+
+import pytest
+import torch
+
+import dse_ext
+from dse_ext import functional as F  # noqa: F401  (registers the ops' Python parts)
+
+CUDA_OPS = ("nearest_other_centroid_distance", "nearest_other_centroid_distance_backward")
+
+needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and dse_ext.cuda_built()),
+                               reason="needs a GPU and a CUDA build of dse_ext")
+
+
+@pytest.mark.skipif(os.environ.get("DSE_EXPECT_CUDA") != "1", reason="set DSE_EXPECT_CUDA=1 where nvcc is present")
+def test_cuda_kernels_were_built_and_linked():
+    # CI builds with DSE_CUDA=ON: the module imported here (on a machine without a GPU) carries CUDA kernels.
+    assert dse_ext.cuda_built() and dse_ext.build_info()["cuda"]
+    for name in CUDA_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"dse::{name}", "CUDA"), name
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nearest_other_cuda_matches_cpu(gen, dtype):
+    x = torch.randn(3, 50, 16, generator=gen, dtype=dtype)
+    c = torch.randn(3, 5, 16, generator=gen, dtype=dtype)
+    labels = torch.randint(-1, 5, (3, 50), generator=gen)
+    valid = torch.rand(3, 5, generator=gen) > 0.2
+    grad = torch.randn(3, 50, generator=gen, dtype=dtype)
+    op = torch.ops.dse
+    for v in (None, valid):
+        cpu = op.nearest_other_centroid_distance(x, c, labels, v)
+        gpu = op.nearest_other_centroid_distance(x.cuda(), c.cuda(), labels.cuda(), None if v is None else v.cuda())
+        torch.testing.assert_close(gpu.cpu(), cpu)
+        gx, gc = op.nearest_other_centroid_distance_backward(grad, x, c, labels, v)
+        gx2, gc2 = op.nearest_other_centroid_distance_backward(grad.cuda(), x.cuda(), c.cuda(), labels.cuda(),
+                                                                None if v is None else v.cuda())
+        torch.testing.assert_close(gx2.cpu(), gx)
+        torch.testing.assert_close(gc2.cpu(), gc)
+        again = op.nearest_other_centroid_distance_backward(grad.cuda(), x.cuda(), c.cuda(), labels.cuda(),
+                                                             None if v is None else v.cuda())
+        assert torch.equal(again[1], gc2)  # deterministic: no atomics
+
+
+@needs_gpu
+def test_nearest_other_cuda_opcheck(gen):
+    x = torch.randn(2, 20, 4, generator=gen, dtype=torch.float64).cuda().requires_grad_(True)
+    c = torch.randn(2, 3, 4, generator=gen, dtype=torch.float64).cuda().requires_grad_(True)
+    labels = torch.randint(0, 3, (2, 20), generator=gen).cuda()
+    torch.library.opcheck(torch.ops.dse.nearest_other_centroid_distance.default, (x, c, labels, None))
+    assert torch.autograd.gradcheck(lambda x, c: torch.ops.dse.nearest_other_centroid_distance(x, c, labels, None),
+                                    (x, c))
