@@ -8,7 +8,8 @@ import torch
 import dse_ext
 from dse_ext import functional as F  # noqa: F401  (registers the ops' Python parts)
 
-CUDA_OPS = ("nearest_other_centroid_distance", "nearest_other_centroid_distance_backward")
+CUDA_OPS = ("nearest_other_centroid_distance", "nearest_other_centroid_distance_backward", "effective_rank",
+            "effective_rank_backward")
 
 needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and dse_ext.cuda_built()),
                                reason="needs a GPU and a CUDA build of dse_ext")
@@ -53,3 +54,34 @@ def test_nearest_other_cuda_opcheck(gen):
     torch.library.opcheck(torch.ops.dse.nearest_other_centroid_distance.default, (x, c, labels, None))
     assert torch.autograd.gradcheck(lambda x, c: torch.ops.dse.nearest_other_centroid_distance(x, c, labels, None),
                                     (x, c))
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(5, 8, 32), (3, 40, 6), (2, 140, 150)])
+def test_effective_rank_cuda_matches_cpu(gen, dtype, shape):
+    x = torch.randn(*shape, generator=gen, dtype=dtype)
+    grad = torch.randn(shape[0], generator=gen, dtype=dtype)
+    op = torch.ops.dse
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-6)
+    for keep in (False, True):
+        cpu = op.effective_rank(x, None, keep)
+        gpu = op.effective_rank(x.cuda(), None, keep)
+        torch.testing.assert_close(gpu[0].cpu(), cpu[0], **tol)
+        g_cpu = op.effective_rank_backward(grad, x, None, cpu[1], cpu[2])
+        g_gpu = op.effective_rank_backward(grad.cuda(), x.cuda(), None, gpu[1], gpu[2])
+        torch.testing.assert_close(g_gpu.cpu(), g_cpu, **tol)
+    table, index = x.reshape(-1, shape[-1]), torch.randint(0, shape[0] * shape[1], (4, 7), generator=gen)
+    torch.testing.assert_close(op.effective_rank(table.cuda(), index.cuda())[0].cpu(), op.effective_rank(table, index)[0],
+                               **tol)
+    g4 = torch.randn(4, generator=gen, dtype=dtype)
+    torch.testing.assert_close(op.effective_rank_backward(g4.cuda(), table.cuda(), index.cuda()).cpu(),
+                               op.effective_rank_backward(g4, table, index), **tol)
+
+
+@needs_gpu
+def test_effective_rank_cuda_opcheck_and_gradcheck(gen):
+    x = torch.randn(3, 5, 9, generator=gen, dtype=torch.float64).cuda().requires_grad_(True)
+    torch.library.opcheck(torch.ops.dse.effective_rank.default, (x,))
+    torch.library.opcheck(torch.ops.dse.effective_rank.default, (x, None, True))
+    assert torch.autograd.gradcheck(lambda x: torch.ops.dse.effective_rank(x)[0], (x,))
