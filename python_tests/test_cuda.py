@@ -9,7 +9,7 @@ import dse_ext
 from dse_ext import functional as F  # noqa: F401  (registers the ops' Python parts)
 
 CUDA_OPS = ("nearest_other_centroid_distance", "nearest_other_centroid_distance_backward", "effective_rank",
-            "effective_rank_backward")
+            "effective_rank_backward", "cluster_css", "cluster_css_backward")
 
 needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and dse_ext.cuda_built()),
                                reason="needs a GPU and a CUDA build of dse_ext")
@@ -85,3 +85,31 @@ def test_effective_rank_cuda_opcheck_and_gradcheck(gen):
     torch.library.opcheck(torch.ops.dse.effective_rank.default, (x,))
     torch.library.opcheck(torch.ops.dse.effective_rank.default, (x, None, True))
     assert torch.autograd.gradcheck(lambda x: torch.ops.dse.effective_rank(x)[0], (x,))
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("P,M,d,k", [(3, 40, 16, 3), (2, 300, 8, 2), (4, 50, 64, 5), (1, 300, 160, 2)])
+def test_cluster_css_cuda_matches_cpu(gen, dtype, P, M, d, k):
+    x = torch.randn(P, M, d, generator=gen, dtype=dtype)
+    labels = torch.randint(-1, k, (P, M), generator=gen)
+    grad = torch.randn(P, k, generator=gen, dtype=dtype)
+    op = torch.ops.dse
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-6)
+    for keep in (False, True):
+        cpu = op.cluster_css(x, labels, k, keep)
+        gpu = op.cluster_css(x.cuda(), labels.cuda(), k, keep)
+        torch.testing.assert_close(gpu[0].cpu(), cpu[0], **tol)
+        assert torch.equal(gpu[1].cpu(), cpu[1])
+        g_cpu = op.cluster_css_backward(grad, x, labels, k, cpu[2], cpu[3])
+        g_gpu = op.cluster_css_backward(grad.cuda(), x.cuda(), labels.cuda(), k, gpu[2], gpu[3])
+        torch.testing.assert_close(g_gpu.cpu(), g_cpu, **tol)
+
+
+@needs_gpu
+def test_cluster_css_cuda_opcheck_and_gradcheck(gen):
+    x = torch.randn(2, 20, 4, generator=gen, dtype=torch.float64).cuda().requires_grad_(True)
+    labels = torch.randint(-1, 3, (2, 20), generator=gen).cuda()
+    torch.library.opcheck(torch.ops.dse.cluster_css.default, (x, labels, 3))
+    torch.library.opcheck(torch.ops.dse.cluster_css.default, (x, labels, 3, True))
+    assert torch.autograd.gradcheck(lambda x: torch.ops.dse.cluster_css(x, labels, 3)[0], (x,))
