@@ -38,6 +38,20 @@ TEST(Spectrum, NuclearNormAndNoiseFloor) {
   EXPECT_EQ(dse::nuclear_norm_from_eigs(zeros, 3), 0.0);
 }
 
+TEST(Spectrum, AbsoluteFloorSilencesPureNoise) {
+  // The centred matrix of identical points is rounding noise only: the relative floor
+  // (m eps lambda_max) cannot tell, the centring floor can (used by the CPU and CUDA css).
+  const double noise[2] = {1e-33, 4e-33};
+  EXPECT_GT(dse::nuclear_norm_from_eigs(noise, 2), 0.0);
+  const double floor = dse::centring_noise_floor(3, 1.0);
+  EXPECT_GT(floor, 4e-33);
+  EXPECT_LT(floor, 1e-28);  // far below any genuine spread of unit-norm tokens
+  EXPECT_EQ(dse::nuclear_norm_from_eigs(noise, 2, floor), 0.0);
+  EXPECT_EQ(dse::gram_noise_floor(noise, 2, floor), floor);
+  const double real[2] = {1e-6, 4.0};  // a genuine small singular value survives
+  EXPECT_DOUBLE_EQ(dse::nuclear_norm_from_eigs(real, 2, floor), 1e-3 + 2.0);
+}
+
 TEST(Spectrum, EffectiveRank) {
   const double equal[4] = {4.0, 4.0, 4.0, 4.0};
   EXPECT_NEAR(dse::effective_rank_from_eigs(equal, 4, 4), 1.0, 1e-15);
