@@ -43,7 +43,8 @@ TEST(Schemas, AllOpsRegisteredForCpu) {
 #ifdef DSE_WITH_CUDA
 TEST(Schemas, CudaKernelsRegistered) {
   // Built and linked on machines without a GPU too: the registrations must be there.
-  for (const char* name : {"dse::nearest_other_centroid_distance", "dse::nearest_other_centroid_distance_backward",
+  for (const char* name : {"dse::kmeans", "dse::nearest_other_centroid_distance",
+                           "dse::nearest_other_centroid_distance_backward",
                            "dse::effective_rank", "dse::effective_rank_backward", "dse::cluster_css",
                            "dse::cluster_css_backward"}) {
     const auto handle = c10::Dispatcher::singleton().findSchema({name, ""});

@@ -7,6 +7,8 @@ shapes without running the kernels.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 try:  # torch must be imported first: the module relies on torch's shared libraries.
@@ -37,6 +39,27 @@ def build_info() -> dict:
         return {"extension": False, "error": str(IMPORT_ERROR)}
     return {"extension": True, "version": _C.__version__, "cuda": bool(_C.with_cuda),
             "direct_lapack": bool(_C.direct_lapack), "cpu_simd": str(_C.cpu_simd)}
+
+
+# The CUDA kernels are compiled, linked and tested against the CPU kernels by
+# python_tests/test_cuda.py, but that suite has not run on a GPU yet. Set to True
+# once a GPU run of it passes (and bench/RESULTS.md records it).
+CUDA_VALIDATED = False
+_warned_cuda = False
+
+
+def warn_if_unvalidated(device: torch.device) -> None:
+    """Warn once per process when the not yet validated CUDA kernels are about to run."""
+    global _warned_cuda
+    if device.type == "cuda" and not CUDA_VALIDATED and not _warned_cuda:
+        _warned_cuda = True
+        warnings.warn(
+            "dse_ext: the CUDA kernels have not been validated on a GPU yet; run "
+            "`pytest python_tests/test_cuda.py` on this machine, or use backend='reference' "
+            "(or CPU tensors) for results you can trust",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def has_kernel(device: torch.device) -> bool:

@@ -24,6 +24,7 @@ def _require_kernel(x: torch.Tensor) -> None:
             f"dse_ext has no compiled kernels for {x.device.type} tensors in this build "
             f"(CUDA kernels built: {_ops.cuda_built()}); move the tensor to the CPU or use dse_ext.reference"
         )
+    _ops.warn_if_unvalidated(x.device)
 
 
 KEEP_BASIS_BYTES = 64 << 20  # largest eigenbasis the css forward keeps for its backward

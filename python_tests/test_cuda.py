@@ -6,10 +6,12 @@ import pytest
 import torch
 
 import dse_ext
-from dse_ext import functional as F  # noqa: F401  (registers the ops' Python parts)
+from dse_ext import functional as F
 
-CUDA_OPS = ("nearest_other_centroid_distance", "nearest_other_centroid_distance_backward", "effective_rank",
-            "effective_rank_backward", "cluster_css", "cluster_css_backward")
+from helpers import clustered
+
+CUDA_OPS = ("kmeans", "nearest_other_centroid_distance", "nearest_other_centroid_distance_backward",
+            "effective_rank", "effective_rank_backward", "cluster_css", "cluster_css_backward")
 
 needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and dse_ext.cuda_built()),
                                reason="needs a GPU and a CUDA build of dse_ext")
@@ -113,3 +115,64 @@ def test_cluster_css_cuda_opcheck_and_gradcheck(gen):
     torch.library.opcheck(torch.ops.dse.cluster_css.default, (x, labels, 3))
     torch.library.opcheck(torch.ops.dse.cluster_css.default, (x, labels, 3, True))
     assert torch.autograd.gradcheck(lambda x: torch.ops.dse.cluster_css(x, labels, 3)[0], (x,))
+
+
+def same_partition(a, b):
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kmeans_cuda_matches_cpu_on_separated_clusters(gen, dtype):
+    x, truth = clustered(gen, 3, 120, 16, 4, dtype=dtype)
+    counts = torch.tensor([120, 90, 60])
+    c_cpu, l_cpu, it_cpu = torch.ops.dse.kmeans(x, counts, 4, 20, 1e-6, 5, 0)
+    c_gpu, l_gpu, it_gpu = torch.ops.dse.kmeans(x.cuda(), counts.cuda(), 4, 20, 1e-6, 5, 0)
+    assert torch.equal(l_gpu.cpu(), l_cpu)  # same seeds (shared RNG), same partition, same cluster ids
+    torch.testing.assert_close(c_gpu.cpu(), c_cpu, rtol=1e-5, atol=1e-6)
+    assert torch.all((l_gpu.cpu()[1, 90:] == -1)) and torch.all(l_gpu.cpu()[2, 60:] == -1)
+    for p, n in enumerate(counts.tolist()):
+        assert same_partition(l_gpu.cpu()[p, :n], truth[p, :n])
+    again = torch.ops.dse.kmeans(x.cuda(), counts.cuda(), 4, 20, 1e-6, 5, 0)
+    assert all(torch.equal(a, b) for a, b in zip(again, (c_gpu, l_gpu, it_gpu)))  # deterministic
+
+
+@needs_gpu
+def test_kmeans_cuda_seeding_and_global_rng(gen):
+    x, _ = clustered(gen, 2, 80, 8, 5)
+    state = torch.cuda.get_rng_state()
+    c0_cpu = torch.ops.dse.kmeans(x, torch.tensor([80, 80]), 5, 0, 1e-4, 9, 1)[0]
+    c0_gpu = torch.ops.dse.kmeans(x.cuda(), torch.tensor([80, 80]), 5, 0, 1e-4, 9, 1)[0]
+    torch.testing.assert_close(c0_gpu.cpu(), c0_cpu, rtol=0, atol=0)  # seeding picks the same points
+    assert torch.equal(state, torch.cuda.get_rng_state())
+    torch.library.opcheck(torch.ops.dse.kmeans.default, (x.cuda(), torch.tensor([80, 70]).cuda(), 5, 10, 1e-4, 0, 0))
+
+
+@needs_gpu
+def test_dse_on_cuda_matches_cpu(gen):
+    x, _ = clustered(gen, 16, 64, 32, 3, spread=0.3, dtype=torch.float32)
+    x = x.reshape(16, 64, 32)
+    cpu = dse_ext.dse(x, local_clusters=3, global_clusters=6, group_size=4)
+    gpu = dse_ext.dse(x.cuda(), local_clusters=3, global_clusters=6, group_size=4, backend="ext")
+    for name, value in cpu._asdict().items():
+        torch.testing.assert_close(getattr(gpu, name).cpu(), value, rtol=1e-4, atol=1e-5, msg=name)
+    reg = dse_ext.DSERegularizer(seed=0)
+    tokens = x.cuda().requires_grad_(True)
+    reg(tokens).backward()
+    assert torch.isfinite(tokens.grad).all()
+
+
+def test_unvalidated_cuda_kernels_warn_once(monkeypatch):
+    from dse_ext import _ops
+
+    monkeypatch.setattr(_ops, "CUDA_VALIDATED", False)
+    monkeypatch.setattr(_ops, "_warned_cuda", False)
+    with pytest.warns(RuntimeWarning, match="not been validated on a GPU"):
+        _ops.warn_if_unvalidated(torch.device("cuda"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _ops.warn_if_unvalidated(torch.device("cuda"))  # once per process
+        _ops.warn_if_unvalidated(torch.device("cpu"))
