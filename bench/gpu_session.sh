@@ -30,8 +30,9 @@ step bench_ops_1024 "$PY" bench/bench_ops.py --devices cuda --size 1024x196x384
 # The whole metric on CUDA once every operator has a CUDA kernel (until then dse() uses the reference there).
 if "$PY" -P -c "import torch, dse_ext._ops as o; raise SystemExit(0 if o.has_kernel(torch.device('cuda')) else 1)"; then
   step bench_dse "$PY" bench/bench_dse.py --devices cuda --no-reference --sizes 64x196x384 256x196x384 1024x196x384
+  step bench_regularizer "$PY" bench/bench_regularizer.py --device cuda --sizes 64x196x384 256x196x384 --repeats 10
 else
   echo "bench_dse: skipped (not every operator has a CUDA kernel yet)"
 fi
-cat "$OUT"/bench_ops*.log "$OUT/bench_dse.log" 2>/dev/null | grep -E "^\||^#" || true
+cat "$OUT"/bench_ops*.log "$OUT/bench_dse.log" "$OUT/bench_regularizer.log" 2>/dev/null | grep -E "^\||^#" || true
 exit $status
