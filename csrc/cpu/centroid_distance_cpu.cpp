@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/nearest_args.h"
 #include "cpu/kernels.h"
 #include "cpu/lapack.h"
 
@@ -42,48 +43,21 @@ double squared_norm(const scalar_t* a, int64_t d) {
 }
 
 
-// Checked, contiguous inputs of the forward and backward ops.
-struct NearestInputs {
-  at::Tensor x, c, labels, valid;
-  int64_t P, M, d, k;
-};
-
-NearestInputs check_nearest_inputs(const at::Tensor& x_in, const at::Tensor& centroids_in, const at::Tensor& labels_in,
-                                   const std::optional<at::Tensor>& valid_in, const char* op) {
-  check_points(x_in, op);
-  check_cpu(x_in, op);
-  check_points(centroids_in, op, "centroids");
-  check_labels(labels_in, x_in, op);
-  const int64_t P = x_in.size(0), M = x_in.size(1), d = x_in.size(2), k = centroids_in.size(1);
-  TORCH_CHECK(centroids_in.size(0) == P && centroids_in.size(2) == d, "dse::", op,
-              ": centroids must have shape (P, k, d) with P = ", P, " and d = ", d, ", got ", centroids_in.sizes());
-  TORCH_CHECK(centroids_in.scalar_type() == x_in.scalar_type(), "dse::", op, ": centroids dtype ",
-              centroids_in.scalar_type(), " differs from x dtype ", x_in.scalar_type());
-  check_cpu(centroids_in, op);
-  at::Tensor valid;
-  if (valid_in.has_value()) {
-    valid = *valid_in;
-    check_cpu(valid, op);
-    TORCH_CHECK(valid.dim() == 2 && valid.size(0) == P && valid.size(1) == k && valid.scalar_type() == at::kBool,
-                "dse::", op, ": valid must be a bool tensor of shape (", P, ", ", k, "), got ", valid.scalar_type(),
-                " ", valid.sizes());
-  } else {
-    valid = at::ones({P, k}, x_in.options().dtype(at::kBool));
-  }
-  const at::Tensor labels = labels_in.contiguous();
-  check_label_range(labels, k, op);
-  return {x_in.contiguous(), centroids_in.contiguous(), labels, valid.contiguous(), P, M, d, k};
+NearestArgs check_cpu_args(const at::Tensor& x, const at::Tensor& c, const at::Tensor& labels,
+                           const std::optional<at::Tensor>& valid, const char* op) {
+  check_cpu(x, op);
+  return check_nearest_args(x, c, labels, valid, op);
 }
 
 // For every point, the nearest valid centroid other than its own (-1: none, or an
 // ignored point), chosen from x . c (a GEMM per problem): |x - c|^2 - |x|^2 = |c|^2 - 2 x . c.
 template <typename scalar_t>
-std::vector<int64_t> nearest_other_choice(const NearestInputs& in) {
+std::vector<int64_t> nearest_other_choice(const NearestArgs& in) {
   const int64_t P = in.P, M = in.M, d = in.d, k = in.k;
   const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
   const scalar_t* cp = in.c.const_data_ptr<scalar_t>();
   const int64_t* lp = in.labels.const_data_ptr<int64_t>();
-  const bool* vp = in.valid.const_data_ptr<bool>();
+  const bool* vp = in.valid.defined() ? in.valid.const_data_ptr<bool>() : nullptr;
   std::vector<scalar_t> dots(P * M * k);
   std::vector<double> c_sq(P * k);
   at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
@@ -100,7 +74,7 @@ std::vector<int64_t> nearest_other_choice(const NearestInputs& in) {
       const scalar_t* row = dots.data() + i * k;
       double best_val = std::numeric_limits<double>::infinity();
       for (int64_t j = 0; j < k; ++j) {
-        if (j == own || !vp[p * k + j]) continue;
+        if (j == own || (vp != nullptr && !vp[p * k + j])) continue;
         const double v = c_sq[p * k + j] - 2.0 * static_cast<double>(row[j]);
         if (v < best_val) {
           best_val = v;
@@ -116,7 +90,7 @@ std::vector<int64_t> nearest_other_choice(const NearestInputs& in) {
 
 at::Tensor nearest_other_centroid_distance(const at::Tensor& x_in, const at::Tensor& centroids_in,
                                            const at::Tensor& labels_in, const std::optional<at::Tensor>& valid_in) {
-  const NearestInputs in = check_nearest_inputs(x_in, centroids_in, labels_in, valid_in, "nearest_other_centroid_distance");
+  const NearestArgs in = check_cpu_args(x_in, centroids_in, labels_in, valid_in, "nearest_other_centroid_distance");
   at::Tensor out = at::zeros({in.P, in.M}, in.x.options());
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_nearest_other_cpu", [&] {
     const std::vector<int64_t> best = nearest_other_choice<scalar_t>(in);
@@ -137,10 +111,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_other_centroid_distance_backward(
     const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& centroids_in, const at::Tensor& labels_in,
     const std::optional<at::Tensor>& valid_in) {
   const char* op = "nearest_other_centroid_distance_backward";
-  const NearestInputs in = check_nearest_inputs(x_in, centroids_in, labels_in, valid_in, op);
-  TORCH_CHECK(grad_in.sizes() == in.labels.sizes(), "dse::", op, ": grad must have shape ", in.labels.sizes(),
-              ", got ", grad_in.sizes());
-  const at::Tensor grad = grad_in.to(in.x.scalar_type()).contiguous();
+  const NearestArgs in = check_cpu_args(x_in, centroids_in, labels_in, valid_in, op);
+  const at::Tensor grad = check_nearest_grad(grad_in, in, op);
   at::Tensor grad_x = at::zeros_like(in.x);
   at::Tensor target = at::full({in.P * in.M}, in.P * in.k, in.x.options().dtype(at::kLong));  // dump row P * k
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_nearest_other_backward_cpu", [&] {

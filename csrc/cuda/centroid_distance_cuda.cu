@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "common/checks.h"
+#include "common/nearest_args.h"
 #include "cuda/cuda_utils.cuh"
 
 namespace dse::cuda {
@@ -82,38 +83,14 @@ __global__ void nearest_other_grad_c_kernel(const scalar_t* __restrict__ grad_x,
   grad_c[e] = static_cast<scalar_t>(acc);
 }
 
-struct Inputs {
-  at::Tensor x, c, labels, valid;  // valid undefined: all centroids exist
-  int64_t P, M, d, k;
-};
-
-Inputs check_inputs(const at::Tensor& x_in, const at::Tensor& c_in, const at::Tensor& labels_in,
-                    const std::optional<at::Tensor>& valid_in, const char* op) {
-  check_points(x_in, op);
-  check_points(c_in, op, "centroids");
-  check_labels(labels_in, x_in, op);
-  TORCH_CHECK(x_in.is_cuda(), "dse::", op, ": expected a CUDA tensor, got one on ", x_in.device());
-  check_on_device(c_in, x_in, op, "centroids");
-  const int64_t P = x_in.size(0), M = x_in.size(1), d = x_in.size(2), k = c_in.size(1);
-  TORCH_CHECK(c_in.size(0) == P && c_in.size(2) == d, "dse::", op, ": centroids must have shape (P, k, d) with P = ",
-              P, " and d = ", d, ", got ", c_in.sizes());
-  TORCH_CHECK(c_in.scalar_type() == x_in.scalar_type(), "dse::", op, ": centroids dtype ", c_in.scalar_type(),
-              " differs from x dtype ", x_in.scalar_type());
-  at::Tensor valid;
-  if (valid_in.has_value()) {
-    valid = valid_in->contiguous();
-    check_on_device(valid, x_in, op, "valid");
-    TORCH_CHECK(valid.dim() == 2 && valid.size(0) == P && valid.size(1) == k && valid.scalar_type() == at::kBool,
-                "dse::", op, ": valid must be a bool tensor of shape (", P, ", ", k, "), got ", valid.scalar_type(),
-                " ", valid.sizes());
-  }
-  const at::Tensor labels = labels_in.contiguous();
-  check_label_range(labels, k, op);
-  return {x_in.contiguous(), c_in.contiguous(), labels, valid, P, M, d, k};
+NearestArgs check_cuda_args(const at::Tensor& x, const at::Tensor& c, const at::Tensor& labels,
+                            const std::optional<at::Tensor>& valid, const char* op) {
+  TORCH_CHECK(x.is_cuda(), "dse::", op, ": expected a CUDA tensor, got one on ", x.device());
+  return check_nearest_args(x, c, labels, valid, op);
 }
 
 // Launches nearest_other_kernel; returns (best (P, M) int64, dist (P, M) float64).
-std::tuple<at::Tensor, at::Tensor> choose(const Inputs& in) {
+std::tuple<at::Tensor, at::Tensor> choose(const NearestArgs& in) {
   at::Tensor best = at::empty({in.P, in.M}, in.labels.options());
   at::Tensor dist = at::empty({in.P, in.M}, in.x.options().dtype(at::kDouble));
   if (in.P * in.M == 0) return {best, dist};
@@ -132,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor> choose(const Inputs& in) {
 
 at::Tensor nearest_other_centroid_distance(const at::Tensor& x, const at::Tensor& centroids, const at::Tensor& labels,
                                            const std::optional<at::Tensor>& valid) {
-  const Inputs in = check_inputs(x, centroids, labels, valid, "nearest_other_centroid_distance");
+  const NearestArgs in = check_cuda_args(x, centroids, labels, valid, "nearest_other_centroid_distance");
   const c10::cuda::CUDAGuard guard(in.x.device());
   return std::get<1>(choose(in)).to(in.x.scalar_type());
 }
@@ -141,12 +118,9 @@ std::tuple<at::Tensor, at::Tensor> nearest_other_centroid_distance_backward(
     const at::Tensor& grad_in, const at::Tensor& x, const at::Tensor& centroids, const at::Tensor& labels,
     const std::optional<at::Tensor>& valid) {
   const char* op = "nearest_other_centroid_distance_backward";
-  const Inputs in = check_inputs(x, centroids, labels, valid, op);
-  TORCH_CHECK(grad_in.sizes() == in.labels.sizes(), "dse::", op, ": grad must have shape ", in.labels.sizes(),
-              ", got ", grad_in.sizes());
-  check_on_device(grad_in, in.x, op, "grad");
+  const NearestArgs in = check_cuda_args(x, centroids, labels, valid, op);
   const c10::cuda::CUDAGuard guard(in.x.device());
-  const at::Tensor grad = grad_in.to(in.x.scalar_type()).contiguous();
+  const at::Tensor grad = check_nearest_grad(grad_in, in, op);
   const auto [best, dist] = choose(in);
   at::Tensor grad_x = at::empty_like(in.x), grad_c = at::empty_like(in.c);
   const auto stream = at::cuda::getCurrentCUDAStream();
