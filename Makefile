@@ -32,6 +32,8 @@ test-python: install
 # The C++ tests run in two builds: one as the Python module is built (CUDA kernels when
 # DSE_CUDA allows and nvcc is found; torch's BLAS/LAPACK called directly), one CPU-only
 # with BLAS/LAPACK through ATen (the configuration of a CPU torch without those symbols).
+# The first compiles the CUDA eigensolver without cusolverDnXsyevBatched (the fallback
+# for older cuSOLVER), so that both branches of csrc/cuda/solver.cu compile and link.
 DSE_CUDA ?= AUTO
 test-cpp: venv
 	@command -v apt-get >/dev/null && ! [ -f /usr/include/gtest/gtest.h ] && \
@@ -39,7 +41,7 @@ test-cpp: venv
 	for config in "module:$(DSE_CUDA):ON" "cpu-only:OFF:OFF"; do \
 	  IFS=: read name cuda lapack <<< "$$config" && dir=$(CPP_BUILD)-$$name && \
 	  $(VENV)/bin/cmake -S . -B $$dir -G Ninja -DDSE_BUILD_TESTS=ON -DDSE_BUILD_PYTHON=OFF \
-	    -DDSE_CUDA=$$cuda -DDSE_DIRECT_LAPACK=$$lapack -DPython_EXECUTABLE=$(abspath $(VPY)) \
+	    -DDSE_CUDA=$$cuda -DDSE_DIRECT_LAPACK=$$lapack -DDSE_CUDA_XSYEV_BATCHED=OFF -DPython_EXECUTABLE=$(abspath $(VPY)) \
 	    -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) >/dev/null && \
 	  $(VENV)/bin/cmake --build $$dir && \
 	  (cd $$dir && $(abspath $(VENV))/bin/ctest --output-on-failure) || exit 1; \

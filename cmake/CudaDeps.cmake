@@ -48,6 +48,16 @@ add_library(dse::cuda_deps ALIAS dse_cuda_deps)
 target_include_directories(dse_cuda_deps SYSTEM INTERFACE ${DSE_CUSOLVER_INCLUDE_DIR} ${DSE_CUBLAS_INCLUDE_DIR})
 target_link_libraries(dse_cuda_deps INTERFACE ${DSE_LIB_torch_cuda} ${DSE_LIB_c10_cuda} ${DSE_CUSOLVER_LIB}
                                               ${DSE_CUBLAS_LIB} CUDA::cudart)
+# cusolverDnXsyevBatched (batched eigensolver for any n) is in newer cuSOLVER
+# releases only; without it matrices above 32 x 32 go through torch's linalg_eigh.
+option(DSE_CUDA_XSYEV_BATCHED "Use cusolverDnXsyevBatched when cusolverDn.h declares it" ON)
+file(STRINGS "${DSE_CUSOLVER_INCLUDE_DIR}/cusolverDn.h" _dse_xsyev_batched REGEX "cusolverDnXsyevBatched[ ]*\\(")
+if(DSE_CUDA_XSYEV_BATCHED AND _dse_xsyev_batched)
+  target_compile_definitions(dse_cuda_deps INTERFACE DSE_HAVE_XSYEV_BATCHED=1)
+  message(STATUS "dse_ext: eigensolver cusolverDnXsyevBatched for n > 32")
+else()
+  message(STATUS "dse_ext: eigensolver torch linalg_eigh for n > 32 (no cusolverDnXsyevBatched)")
+endif()
 set(DSE_CUDA_RPATH "")
 foreach(_lib ${DSE_CUSOLVER_LIB} ${DSE_CUBLAS_LIB})
   get_filename_component(_dir "${_lib}" DIRECTORY)

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/eigen_solver_choice.h"
 #include "common/rng.h"
 #include "common/spectrum.h"
 #include "cpu/cluster_rows.h"
@@ -109,4 +110,29 @@ TEST(ClusterRows, ScatterIsTheAdjointOfTheCentring) {
   // the points outside the cluster get nothing, and the gradient of a translation-free map sums to 0
   EXPECT_EQ(back[3].abs().sum().item<double>(), 0.0);
   EXPECT_NEAR(back.sum(0).abs().max().item<double>(), 0.0, 1e-12);
+}
+
+TEST(EigenSolverChoice, JacobiForSmallMatricesThenBatchedThenTorch) {
+  using dse::EigenSolver;
+  using dse::choose_eigen_solver;
+  for (bool have : {true, false}) {
+    const EigenSolver general = have ? EigenSolver::kBatched : EigenSolver::kTorch;
+    EXPECT_EQ(choose_eigen_solver(1, EigenSolver::kAuto, have), EigenSolver::kJacobi);
+    EXPECT_EQ(choose_eigen_solver(32, EigenSolver::kAuto, have), EigenSolver::kJacobi);
+    EXPECT_EQ(choose_eigen_solver(33, EigenSolver::kAuto, have), general);
+    EXPECT_EQ(choose_eigen_solver(384, EigenSolver::kAuto, have), general);
+    // Pinned solvers: Jacobi only where it can run, batched only where it exists.
+    EXPECT_EQ(choose_eigen_solver(8, EigenSolver::kJacobi, have), EigenSolver::kJacobi);
+    EXPECT_EQ(choose_eigen_solver(64, EigenSolver::kJacobi, have), general);
+    EXPECT_EQ(choose_eigen_solver(8, EigenSolver::kBatched, have), general);
+    EXPECT_EQ(choose_eigen_solver(8, EigenSolver::kTorch, have), EigenSolver::kTorch);
+  }
+}
+
+TEST(EigenSolverChoice, NamesRoundTrip) {
+  for (auto s : {dse::EigenSolver::kAuto, dse::EigenSolver::kJacobi, dse::EigenSolver::kBatched,
+                 dse::EigenSolver::kTorch}) {
+    EXPECT_EQ(dse::eigen_solver_from_name(dse::eigen_solver_name(s)), s);
+  }
+  EXPECT_THROW(dse::eigen_solver_from_name("qr"), std::invalid_argument);
 }

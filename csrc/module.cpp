@@ -9,6 +9,14 @@
 
 #include <string>
 
+#ifdef DSE_WITH_CUDA
+#include "common/eigen_solver_choice.h"
+namespace dse::cuda {
+EigenSolver set_eigen_solver(EigenSolver solver);
+bool have_batched_syev();
+}  // namespace dse::cuda
+#endif
+
 #ifndef DSE_VERSION
 #define DSE_VERSION "unknown"
 #endif
@@ -18,8 +26,14 @@ PYBIND11_MODULE(_C, m) {
   m.attr("__version__") = DSE_VERSION;
 #ifdef DSE_WITH_CUDA
   m.attr("with_cuda") = true;
+  m.attr("cuda_batched_syev") = dse::cuda::have_batched_syev();  // cusolverDnXsyevBatched compiled in
+  // Test hook: pin the CUDA eigensolver ("auto", "jacobi", "batched", "torch"); returns the previous one.
+  m.def("_set_cuda_eigen_solver", [](const std::string& name) {
+    return std::string(dse::eigen_solver_name(dse::cuda::set_eigen_solver(dse::eigen_solver_from_name(name))));
+  });
 #else
   m.attr("with_cuda") = false;
+  m.attr("cuda_batched_syev") = false;
 #endif
   m.attr("direct_lapack") = dse::cpu::uses_direct_lapack();      // BLAS/LAPACK called without ATen
   m.attr("cpu_simd") = std::string(dse::cpu::interleaved_isa());  // "avx2" or "portable"

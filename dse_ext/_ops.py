@@ -38,6 +38,7 @@ def build_info() -> dict:
     if _C is None:
         return {"extension": False, "error": str(IMPORT_ERROR)}
     return {"extension": True, "version": _C.__version__, "cuda": bool(_C.with_cuda),
+            "cuda_batched_syev": bool(_C.cuda_batched_syev),
             "direct_lapack": bool(_C.direct_lapack), "cpu_simd": str(_C.cpu_simd)}
 
 

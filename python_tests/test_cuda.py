@@ -21,6 +21,12 @@ needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and dse_ext.cuda_b
 def test_cuda_kernels_were_built_and_linked():
     # CI builds with DSE_CUDA=ON: the module imported here (on a machine without a GPU) carries CUDA kernels.
     assert dse_ext.cuda_built() and dse_ext.build_info()["cuda"]
+    assert isinstance(dse_ext.build_info()["cuda_batched_syev"], bool)
+    from dse_ext import _C
+
+    assert _C._set_cuda_eigen_solver("jacobi") == "auto" and _C._set_cuda_eigen_solver("auto") == "jacobi"
+    with pytest.raises(ValueError, match="unknown eigensolver"):
+        _C._set_cuda_eigen_solver("qr")
     for name in CUDA_OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"dse::{name}", "CUDA"), name
 
@@ -79,6 +85,30 @@ def test_effective_rank_cuda_matches_cpu(gen, dtype, shape):
     g4 = torch.randn(4, generator=gen, dtype=dtype)
     torch.testing.assert_close(op.effective_rank_backward(g4.cuda(), table.cuda(), index.cuda()).cpu(),
                                op.effective_rank_backward(g4, table, index), **tol)
+
+
+@needs_gpu
+@pytest.mark.parametrize("solver", ["jacobi", "batched", "torch"])
+def test_every_cuda_eigensolver_agrees_with_the_cpu(gen, solver):
+    # The size-based choice (Jacobi for n <= 32) is pinned to each solver in turn; a
+    # solver that cannot take a size falls back, so every pinned run must agree.
+    from dse_ext import _C
+
+    op = torch.ops.dse
+    previous = _C._set_cuda_eigen_solver(solver)
+    try:
+        for shape in [(6, 12, 20), (3, 30, 40), (2, 70, 50)]:  # n = 12, 30, 50
+            x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+            cpu = op.effective_rank(x, None, True)
+            gpu = op.effective_rank(x.cuda(), None, True)
+            torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-9, atol=1e-10)
+            grad = torch.randn(shape[0], generator=gen, dtype=torch.float64)
+            torch.testing.assert_close(op.effective_rank_backward(grad.cuda(), x.cuda(), None, gpu[1], gpu[2]).cpu(),
+                                       op.effective_rank_backward(grad, x, None, cpu[1], cpu[2]),
+                                       rtol=1e-9, atol=1e-10)
+    finally:
+        _C._set_cuda_eigen_solver(previous)
 
 
 @needs_gpu

@@ -95,52 +95,76 @@ __global__ void seed_kernel(const scalar_t* __restrict__ x, const int64_t* __res
   }
 }
 
-// Nearest centroid of every point of the active problems (ties to the lowest index); padding gets -1.
+// Nearest centroid of every point of the active problems (ties to the lowest
+// index); padding gets -1. One warp per point: the lanes read the point and each
+// centroid in coalesced strides and add their partial distances in a fixed
+// shuffle tree (deterministic).
+constexpr int kWarp = 32;
+
 template <typename scalar_t>
 __global__ void assign_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ counts,
                               const double* __restrict__ c, const bool* __restrict__ active, int64_t P, int64_t M,
                               int64_t d, int64_t k, int64_t* __restrict__ labels) {
-  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= P * M) return;
+  const int64_t e = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;  // the point
+  const int lane = threadIdx.x % kWarp;
+  if (e >= P * M) return;  // uniform within the warp
   const int64_t p = e / M, i = e % M;
   if (active != nullptr && !active[p]) return;
   if (i >= counts[p]) {
-    labels[e] = -1;
+    if (lane == 0) labels[e] = -1;
     return;
   }
+  const scalar_t* xe = x + e * d;
   int64_t best = 0;
-  double best_sq = squared_distance_to(x + e * d, c + p * k * d, d);
-  for (int64_t j = 1; j < k; ++j) {
-    const double sq = squared_distance_to(x + e * d, c + (p * k + j) * d, d);
-    if (sq < best_sq) {
+  double best_sq = 0.0;
+  for (int64_t j = 0; j < k; ++j) {
+    const double* cj = c + (p * k + j) * d;
+    double sq = 0.0;
+    for (int64_t t = lane; t < d; t += kWarp) {
+      const double diff = static_cast<double>(xe[t]) - cj[t];
+      sq += diff * diff;
+    }
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) sq += __shfl_xor_sync(0xffffffffu, sq, offset);
+    if (j == 0 || sq < best_sq) {  // every lane holds the same sum: the same decision
       best_sq = sq;
       best = j;
     }
   }
-  labels[e] = best;
+  if (lane == 0) labels[e] = best;
 }
 
-// updated[p, j, t] = mean of the members' x[., t] (the old centroid when cluster j is empty).
+// Segmented centroid update: block (p, t-tile) walks the points of problem p in
+// order once; thread t adds x[i, t] into updated[p, labels[i], t], an entry no
+// other thread touches (no atomics on floats: deterministic). The member counts
+// go to shared memory first. An empty cluster keeps its centroid.
 template <typename scalar_t>
 __global__ void update_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ counts,
                               const int64_t* __restrict__ labels, const double* __restrict__ c,
-                              const bool* __restrict__ active, int64_t P, int64_t M, int64_t d, int64_t k,
+                              const bool* __restrict__ active, int64_t M, int64_t d, int64_t k,
                               double* __restrict__ updated) {
-  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= P * k * d) return;
-  const int64_t t = e % d, j = (e / d) % k, p = e / (d * k);
-  if (!active[p]) {
-    updated[e] = c[e];
+  extern __shared__ int members[];  // (k,)
+  const int64_t p = blockIdx.x;
+  const int64_t t = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  const int64_t base = p * k * d;
+  if (!active[p]) {  // uniform within the block
+    if (t < d)
+      for (int64_t j = 0; j < k; ++j) updated[base + j * d + t] = c[base + j * d + t];
     return;
   }
-  double sum = 0.0;
-  int64_t members = 0;
-  for (int64_t i = 0; i < counts[p]; ++i)
-    if (labels[p * M + i] == j) {
-      sum += static_cast<double>(x[(p * M + i) * d + t]);
-      ++members;
-    }
-  updated[e] = members > 0 ? sum / static_cast<double>(members) : c[e];
+  const int64_t n = counts[p];
+  const int64_t* lp = labels + p * M;
+  for (int64_t j = threadIdx.x; j < k; j += blockDim.x) members[j] = 0;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) atomicAdd(&members[lp[i]], 1);  // integer: exact
+  __syncthreads();
+  if (t >= d) return;
+  for (int64_t j = 0; j < k; ++j) updated[base + j * d + t] = 0.0;
+  const scalar_t* xp = x + p * M * d + t;
+  for (int64_t i = 0; i < n; ++i) updated[base + lp[i] * d + t] += static_cast<double>(xp[i * d]);
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t at = base + j * d + t;
+    updated[at] = members[j] > 0 ? updated[at] / static_cast<double>(members[j]) : c[at];
+  }
 }
 
 // One block per problem: shift = |updated - c|_F; c = updated; count the update; stop when shift <= tol.
@@ -196,6 +220,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmeans(const at::Tensor& x_in, co
   at::Tensor iterations = at::zeros({P}, x.options().dtype(at::kLong));
   at::Tensor active = at::ones({P}, x.options().dtype(at::kBool));
   const auto stream = at::cuda::getCurrentCUDAStream();
+  const unsigned int assign_blocks = blocks_for(P * M * kWarp);
+  const dim3 update_grid(static_cast<unsigned int>(P), blocks_for(d));
+  const size_t update_shared = static_cast<size_t>(k) * sizeof(int);
+  TORCH_CHECK(update_shared <= 48 * 1024, "dse::", op, ": k = ", k, " clusters is more than the CUDA kernel supports");
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_kmeans_cuda", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     seed_kernel<scalar_t><<<static_cast<unsigned int>(P), kSeedThreads, 0, stream>>>(
@@ -203,13 +231,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmeans(const at::Tensor& x_in, co
         dist2.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     for (int64_t it = 0; it < max_iters; ++it) {  // no host synchronisation: converged problems idle
-      assign_kernel<scalar_t><<<blocks_for(P * M), kThreads, 0, stream>>>(
+      assign_kernel<scalar_t><<<assign_blocks, kThreads, 0, stream>>>(
           xp, counts.const_data_ptr<int64_t>(), c.const_data_ptr<double>(), active.const_data_ptr<bool>(), P, M, d,
           k, labels.data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      update_kernel<scalar_t><<<blocks_for(P * k * d), kThreads, 0, stream>>>(
+      update_kernel<scalar_t><<<update_grid, kThreads, update_shared, stream>>>(
           xp, counts.const_data_ptr<int64_t>(), labels.const_data_ptr<int64_t>(), c.const_data_ptr<double>(),
-          active.const_data_ptr<bool>(), P, M, d, k, updated.data_ptr<double>());
+          active.const_data_ptr<bool>(), M, d, k, updated.data_ptr<double>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       converge_kernel<<<static_cast<unsigned int>(P), kThreads, 0, stream>>>(
           c.data_ptr<double>(), updated.const_data_ptr<double>(), active.data_ptr<bool>(),
@@ -217,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmeans(const at::Tensor& x_in, co
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     // Labels of the returned centroids, for every problem.
-    assign_kernel<scalar_t><<<blocks_for(P * M), kThreads, 0, stream>>>(
+    assign_kernel<scalar_t><<<assign_blocks, kThreads, 0, stream>>>(
         xp, counts.const_data_ptr<int64_t>(), c.const_data_ptr<double>(), nullptr, P, M, d, k,
         labels.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
