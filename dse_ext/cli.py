@@ -1,0 +1,155 @@
+"""The ``dse`` command (also ``python -m dse_ext``): score checkpoints, select, plot.
+
+    dse score --model vit_small_patch16_224 --checkpoints 'runs/ckpt_*.pth' --images DIR --out results.csv
+    dse score --features 'feats/*.pt' --out results.csv
+    dse select results.csv [--top 3 --window 2 --json selection.json]
+    dse plot results.csv -o dse.png
+
+Exit status: 0 on success, 1 when some checkpoints could not be scored (the others are in the
+table), 2 for bad arguments or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _dse_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("DSE options (see dse_ext.dse)")
+    g.add_argument("--local-clusters", type=int, default=3, help="k-means clusters per image (default 3)")
+    g.add_argument("--global-clusters", type=int, default=24, help="k-means clusters per group (default 24)")
+    g.add_argument("--group-size", type=int, default=8, help="images per global clustering group (default 8)")
+    g.add_argument("--dse-batch", type=int, default=1024,
+                   help="images per DSE evaluation; components are averaged over evaluations (default 1024)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dse", description="Dense representation Structure Estimator (DSE): "
+                                     "score SSL checkpoints without labels and pick the ones to keep.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("score", help="score checkpoints (or saved features) into a results CSV",
+                       description="Scores every checkpoint on the same seeded image subset; resumes an existing "
+                                   "--out table, skips (and reports) checkpoints that cannot be scored. Under "
+                                   "torchrun the checkpoints are shared out over the ranks.")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoints", nargs="+", metavar="PATH_OR_GLOB", help="checkpoint files or glob patterns")
+    src.add_argument("--features", nargs="+", metavar="PATH_OR_GLOB",
+                     help="score .pt files of (B, N, d) features instead of a model")
+    s.add_argument("--model", help="timm model name, e.g. vit_small_patch16_224 (with --checkpoints)")
+    s.add_argument("--model-kwargs", type=json.loads, default={}, metavar="JSON",
+                   help='extra timm.create_model arguments, e.g. \'{"img_size": 96}\'')
+    s.add_argument("--images", help="folder of images (searched recursively; with --checkpoints)")
+    s.add_argument("--out", required=True, help="results CSV (created, or resumed if it exists)")
+    s.add_argument("--num-images", type=int, default=2048, help="images per checkpoint (default 2048)")
+    s.add_argument("--image-size", type=int, default=224, help="crop size after resizing (default 224)")
+    s.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun: each rank's GPU)")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="model precision (autocast); DSE runs in float32")
+    s.add_argument("--seed", type=int, default=0, help="picks the images and seeds DSE (default 0)")
+    s.add_argument("--layer", help="block/stage index (timm) or dotted module name; default: the last")
+    s.add_argument("--checkpoint-key", help="sub-dict holding the weights (teacher, state_dict, ...); "
+                                            "default: detected")
+    s.add_argument("--strip-prefix", help="key prefix to strip (module.backbone., ...); default: detected")
+    s.add_argument("--unsafe-load", action="store_true",
+                   help="allow checkpoints that pickle arbitrary Python objects (only files you trust)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _dse_options(s)
+
+    sel = sub.add_parser("select", help="λ, DSE_λ and the top local maxima of a results CSV")
+    sel.add_argument("results", help="results CSV written by `dse score`")
+    sel.add_argument("--top", type=int, default=3, help="checkpoints to keep (default 3)")
+    sel.add_argument("--window", type=int, default=2, help="local-maximum half window (default 2)")
+    sel.add_argument("--lam", type=float, help="use this λ instead of std(M_inter - M_intra) / std(M_dim)")
+    sel.add_argument("--json", metavar="PATH", help="also write the selection as JSON ('-': stdout only JSON)")
+
+    pl = sub.add_parser("plot", help="components and DSE_λ over training, selection marked (needs matplotlib)")
+    pl.add_argument("results", help="results CSV written by `dse score`")
+    pl.add_argument("-o", "--out", default="dse.png", help="image file (default dse.png)")
+    pl.add_argument("--top", type=int, default=3)
+    pl.add_argument("--window", type=int, default=2)
+    pl.add_argument("--lam", type=float)
+    return parser
+
+
+def _layer(text: str | None):
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _score(args: argparse.Namespace) -> int:
+    from . import distributed
+    from .scoring import score_checkpoints, score_features
+
+    dse_kwargs = dict(local_clusters=args.local_clusters, global_clusters=args.global_clusters,
+                      group_size=args.group_size)
+    started, device = distributed.init_from_env(args.device)
+    try:
+        if args.features:
+            report = score_features(args.features, out=args.out, dse_batch=args.dse_batch, seed=args.seed,
+                                    progress=not args.no_progress, **dse_kwargs)
+        else:
+            if not args.model or not args.images:
+                raise ValueError("--checkpoints needs --model and --images")
+            report = score_checkpoints(
+                args.checkpoints, model=args.model, images=args.images, out=args.out, num_images=args.num_images,
+                batch_size=args.batch_size, dse_batch=args.dse_batch, device=device, dtype=args.dtype,
+                seed=args.seed, layer=_layer(args.layer), key=args.checkpoint_key, prefix=args.strip_prefix,
+                image_size=args.image_size, unsafe_load=args.unsafe_load, model_kwargs=args.model_kwargs,
+                progress=not args.no_progress, **dse_kwargs)
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if distributed.rank() == 0:
+        print(f"{len(report.scored)} scored, {len(report.skipped)} already done, {len(report.failures)} failed "
+              f"-> {args.out}", file=sys.stderr)
+        for name, reason in report.failures:
+            print(f"  failed: {name}: {reason}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _select(args: argparse.Namespace) -> int:
+    from .selection import select_checkpoints
+
+    selection = select_checkpoints(args.results, top=args.top, window=args.window, lam=args.lam)
+    if args.json == "-":
+        print(json.dumps(selection.to_dict(), indent=2))
+        return 0
+    print(selection.format_table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(selection.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .plotting import plot_results
+
+    path = plot_results(args.results, args.out, top=args.top, window=args.window, lam=args.lam)
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"score": _score, "select": _select, "plot": _plot}[args.command]
+    try:
+        return handler(args)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"dse {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

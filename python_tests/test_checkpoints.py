@@ -1,0 +1,119 @@
+"""Checkpoint layouts SSL code writes, auto-detection, and refusing weights that do not fit."""
+
+import argparse
+
+import pytest
+import torch
+
+from dse_ext.checkpoints import CheckpointError, load_weights, read_checkpoint
+
+timm = pytest.importorskip("timm")
+
+
+def vit():
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8)
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return {k: v.clone() for k, v in vit().state_dict().items()}
+
+
+def prefixed(state, prefix, shift=0.0):
+    return {prefix + k: v + shift for k, v in state.items()}
+
+
+LAYOUTS = {
+    "dino": lambda w: {"teacher": {**prefixed(w, "backbone."), "head.last_layer.weight": torch.zeros(4, 4)},
+                       "student": prefixed(w, "module.backbone.", 1.0), "epoch": 10,
+                       "args": argparse.Namespace(arch="vit_tiny")},
+    "ibot": lambda w: {"teacher": prefixed(w, "backbone."), "student": prefixed(w, "module.backbone.", 1.0)},
+    "mocov3": lambda w: {"state_dict": {**prefixed(w, "module.momentum_encoder.", 1.0),
+                                        **prefixed(w, "module.base_encoder."),
+                                        "module.predictor.0.weight": torch.zeros(2, 2)}, "arch": "vit_tiny"},
+    "lightning": lambda w: {"state_dict": {**prefixed(w, "model."), "head.weight": torch.zeros(2, 2)},
+                            "epoch": 3, "global_step": 30},
+    "plain": lambda w: dict(w),
+    "wrapped": lambda w: {"model": prefixed(w, "module.")},
+}
+EXPECTED = {"dino": ("teacher", "backbone."), "ibot": ("teacher", "backbone."),
+            "mocov3": ("state_dict", "module.base_encoder."), "lightning": ("state_dict", "model."),
+            "plain": (None, ""), "wrapped": ("model", "module.")}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_layouts_are_detected_and_loaded(tmp_path, weights, layout):
+    path = tmp_path / f"{layout}.pth"
+    torch.save(LAYOUTS[layout](weights), path)
+    model = vit()
+    report = load_weights(model, path)
+    assert (report.key, report.prefix) == EXPECTED[layout]
+    assert report.ok and report.loaded == len(weights) and not report.missing
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+
+
+def test_explicit_key_and_prefix_pick_the_student_or_momentum_copy(tmp_path, weights):
+    path = tmp_path / "dino.pth"
+    torch.save(LAYOUTS["dino"](weights), path)
+    model = vit()
+    load_weights(model, path, key="student", prefix="module.backbone.")
+    torch.testing.assert_close(model.state_dict()["norm.weight"], weights["norm.weight"] + 1)
+    path = tmp_path / "moco.pth"
+    torch.save(LAYOUTS["mocov3"](weights), path)
+    report = load_weights(model, path, prefix="module.momentum_encoder.")
+    assert report.prefix == "module.momentum_encoder." and "module.predictor.0.weight" not in report.unexpected
+    torch.testing.assert_close(model.state_dict()["norm.weight"], weights["norm.weight"] + 1)
+
+
+def test_unexpected_keys_are_reported_not_fatal(tmp_path, weights):
+    path = tmp_path / "extra.pth"
+    torch.save({**weights, "extra.weight": torch.ones(1)}, path)
+    report = load_weights(vit(), path)
+    assert report.ok and report.unexpected == ["extra.weight"] and "unexpected: extra.weight" in report.summary()
+
+
+def test_safetensors(tmp_path, weights):
+    safetensors = pytest.importorskip("safetensors.torch")
+    path = tmp_path / "model.safetensors"
+    safetensors.save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
+    model = vit()
+    assert load_weights(model, path).loaded == len(weights)
+    assert torch.equal(model.state_dict()["pos_embed"], weights["pos_embed"])
+
+
+def test_refuses_missing_or_misshapen_weights_and_leaves_the_model_alone(tmp_path, weights):
+    partial = {k: v for k, v in weights.items() if not k.startswith("blocks.11")}
+    torch.save({"teacher": prefixed(partial, "backbone.")}, tmp_path / "partial.pth")
+    model = vit()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="missing: blocks.11"):
+        load_weights(model, tmp_path / "partial.pth")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert load_weights(model, tmp_path / "partial.pth", strict=False).missing  # opt-in
+    bad = dict(weights, pos_embed=torch.zeros(1, 5, 192))
+    torch.save(bad, tmp_path / "shape.pth")
+    with pytest.raises(CheckpointError, match="shape mismatch: pos_embed"):
+        load_weights(vit(), tmp_path / "shape.pth")
+
+
+def test_unreadable_files_give_actionable_errors(tmp_path, weights):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        read_checkpoint(tmp_path / "absent.pth")
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        read_checkpoint(tmp_path / "garbage.pth")
+    torch.save(weights, tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_weights(vit(), tmp_path / "truncated.pth")
+    torch.save({"state_dict": weights, "when": argparse.ArgumentParser}, tmp_path / "pickled.pth")
+    with pytest.raises(CheckpointError, match="--unsafe-load"):
+        read_checkpoint(tmp_path / "pickled.pth")
+    assert load_weights(vit(), tmp_path / "pickled.pth", unsafe=True).ok
+    torch.save({"optimizer": {"lr": 1.0}}, tmp_path / "nothing.pth")
+    with pytest.raises(CheckpointError, match="no state dict found"):
+        load_weights(vit(), tmp_path / "nothing.pth")
+    with pytest.raises(CheckpointError, match="no sub-dict 'teacher'"):
+        load_weights(vit(), tmp_path / "full.pth", key="teacher")
