@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", help="folder of images (searched recursively; with --checkpoints)")
     s.add_argument("--out", required=True, help="results CSV (created, or resumed if it exists)")
     s.add_argument("--num-images", type=int, default=2048, help="images per checkpoint (default 2048)")
-    s.add_argument("--image-size", type=int, default=224, help="crop size after resizing (default 224)")
+    s.add_argument("--image-size", type=int,
+                   help="crop size after resizing (default: the model's input size, e.g. 224)")
     s.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun: each rank's GPU)")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],

@@ -190,7 +190,7 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images, out=None, num_images: int = 2048,
                       batch_size: int = 64, dse_batch: int = 1024, device: str | torch.device = "cpu",
                       dtype: torch.dtype | str = torch.float32, seed: int = 0, layer: int | str | None = None,
-                      key: str | None = None, prefix: str | None = None, image_size: int = 224,
+                      key: str | None = None, prefix: str | None = None, image_size: int | None = None,
                       unsafe_load: bool = False, model_kwargs: dict | None = None, progress: bool = True,
                       **dse_kwargs) -> ScoreReport:
     """Scores each checkpoint of one training run on the same seeded images.
@@ -212,6 +212,8 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
         seed: picks the images and seeds DSE's k-means and permutations.
         layer: which block/stage or named module gives the features (:mod:`dse_ext.features`).
         key, prefix, unsafe_load: checkpoint layout (:func:`dse_ext.checkpoints.load_weights`).
+        image_size: crop size of images read from a folder; default: the input size of a
+            fixed-size ViT, else the model's default configuration, else 224.
         **dse_kwargs: options of :func:`dse_ext.dse` (``local_clusters``, ``global_clusters``, ...).
 
     Returns:
@@ -237,7 +239,7 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
         model = timm.create_model(model, pretrained=False, num_classes=0, **(model_kwargs or {}))
     model = model.to(device).eval()
     if isinstance(images, (str, os.PathLike)):
-        pixels, _ = load_image_subset(images, num_images, seed=seed, size=image_size,
+        pixels, _ = load_image_subset(images, num_images, seed=seed, size=image_size or _input_size(model),
                                       progress=progress and distributed.rank() == 0)
     elif isinstance(images, torch.Tensor) and images.dim() == 4:
         pixels = images[:num_images]
@@ -255,11 +257,42 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
                 chunks.append(extract(batch).float())
         return torch.cat(chunks)
 
+    _check_setup(lambda: features(0, 2), count, dse_batch, dse_kwargs)
+
     def score_one(path: str) -> dict:
         load_weights(model, path, key=key, prefix=prefix, unsafe=unsafe_load)
         return dse_in_chunks(features, count, dse_batch, seed=seed, **dse_kwargs)
 
     return _run(names, score_one, out, progress=progress, desc="checkpoints")
+
+
+def _input_size(model) -> int:
+    """The square input size a timm model expects (fixed-size ViTs), else its default config's, else 224."""
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if size is not None and not getattr(model.patch_embed, "dynamic_img_size", False):
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return int(cfg.get("input_size", (3, 224, 224))[-1])
+
+
+def _check_setup(two_images: Callable[[], torch.Tensor], count: int, dse_batch: int, dse_kwargs: dict) -> None:
+    """Fails fast, before any checkpoint, on a setup no checkpoint can be scored with.
+
+    Runs the model on two images and DSE on random features of the smallest evaluation's
+    shape: a model that does not take these images, or DSE options that do not fit the token
+    count, raise ``ValueError`` here instead of failing every checkpoint in turn.
+    """
+    try:
+        sample = two_images()
+    except Exception as e:
+        raise ValueError(f"the model cannot run on these images: {type(e).__name__}: {e}") from e
+    parts = max(1, round(count / dse_batch))
+    smallest = count // parts
+    fake = torch.randn(smallest, sample.shape[1], sample.shape[2], generator=torch.Generator().manual_seed(0))
+    try:
+        dse(fake, **dse_kwargs)
+    except ValueError as e:
+        raise ValueError(f"DSE options do not fit {smallest} images x {sample.shape[1]} tokens: {e}") from e
 
 
 def _read_features(path: str) -> torch.Tensor:

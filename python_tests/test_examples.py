@@ -17,3 +17,47 @@ def load(name):
 def test_train_with_regularizers_runs():
     out = load("train_with_regularizers").main(steps=3, batch=8)
     assert math.isfinite(out["ssl"]) and math.isfinite(out["dse"])
+
+
+README = EXAMPLES.parent / "README.md"
+
+
+def readme_block(marker):
+    """The fenced block right after ``<!-- marker -->`` in the README."""
+    text = README.read_text()
+    start = text.index(f"<!-- {marker} -->")
+    body = text[text.index("```", start):]
+    body = body[body.index("\n") + 1:]
+    return body[:body.index("```")]
+
+
+def test_readme_scoring_commands_run_as_written(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("timm")
+    pytest.importorskip("matplotlib")
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    commands = readme_block("readme-commands: scoring")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = (tmp_path / "toy" / "results.csv").read_text().splitlines()
+    assert len(rows) == 7 and rows[0].startswith("checkpoint,epoch,step,dse")
+    assert "DSE" in done.stdout and (tmp_path / "toy" / "selection.json").exists()
+    assert (tmp_path / "toy" / "dse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The Python form of the same, on the files the commands made.
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        namespace = {}
+        exec(readme_block("readme-python: scoring"), namespace)
+    finally:
+        os.chdir(cwd)
+    assert namespace["selection"].best["checkpoint"].startswith("toy/checkpoint")
+    assert namespace["report"].skipped  # the table existed: nothing scored twice
