@@ -25,6 +25,7 @@ step build "$PY" -m pip install --no-build-isolation --no-deps . || exit 1
 step build_info "$PY" -P -c "import dse_ext, torch; print(dse_ext.build_info(), torch.__version__, torch.cuda.get_device_name())"
 step test_cuda "$PY" -P -m pytest -q -ra python_tests/test_cuda.py
 step test_all env DSE_EXPECT_CUDA=1 "$PY" -P -m pytest -q -ra python_tests
+step bench_eigen "$PY" bench/bench_eigen_cuda.py
 step bench_ops "$PY" bench/bench_ops.py --size 64x196x384
 step bench_ops_1024 "$PY" bench/bench_ops.py --devices cuda --size 1024x196x384
 # The whole metric on CUDA once every operator has a CUDA kernel (until then dse() uses the reference there).
@@ -34,5 +35,5 @@ if "$PY" -P -c "import torch, dse_ext._ops as o; raise SystemExit(0 if o.has_ker
 else
   echo "bench_dse: skipped (not every operator has a CUDA kernel yet)"
 fi
-cat "$OUT"/bench_ops*.log "$OUT/bench_dse.log" "$OUT/bench_regularizer.log" 2>/dev/null | grep -E "^\||^#" || true
+cat "$OUT/bench_eigen.log" "$OUT"/bench_ops*.log "$OUT/bench_dse.log" "$OUT/bench_regularizer.log" 2>/dev/null | grep -E "^\||^#" || true
 exit $status
