@@ -6,10 +6,10 @@ VPY := $(VENV)/bin/python
 # A CUDA 13 build of torch: it runs on the CPU and lets the CUDA kernels compile and link.
 TORCH_SPEC ?= torch==2.14.1
 BUILD_DEPS := scikit-build-core pybind11 ninja "cmake>=3.26,<4"
-TEST_DEPS := pytest numpy timm matplotlib lightning tensorboard
+TEST_DEPS := pytest numpy timm scipy matplotlib lightning tensorboard
 CPP_BUILD := build/cpp
 
-.PHONY: all venv install test test-python test-cpp bench bench-regularizer clean
+.PHONY: all venv install demo demo-quick test test-python test-cpp bench bench-regularizer clean
 
 all: install
 
@@ -46,6 +46,13 @@ test-cpp: venv
 	  $(VENV)/bin/cmake --build $$dir && \
 	  (cd $$dir && $(abspath $(VENV))/bin/ctest --output-on-failure) || exit 1; \
 	done
+
+# The end-to-end demo (README): synthetic data, SSL runs, label-free scores vs. probe mIoU.
+demo: install
+	$(VPY) -m dse_ext demo --out demo-out
+
+demo-quick: install
+	$(VPY) -m dse_ext demo --quick --out demo-out-quick
 
 bench: install
 	$(VPY) bench/bench_dse.py --repeats 5

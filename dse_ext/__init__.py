@@ -12,7 +12,9 @@ Real training runs: :func:`dense_features` (``(B, N, d)`` tokens from timm model
 :func:`load_weights` (DINO/iBOT/MoCo v3/Lightning/plain/safetensors checkpoints),
 :func:`score_checkpoints` and the ``dse score`` command, :func:`select_checkpoints` /
 :func:`paper_lambda` (``dse select``), :func:`plot_results` (``dse plot``), :class:`DSEMonitor`
-for training loops and :mod:`dse_ext.integrations.lightning`.
+for training loops and :mod:`dse_ext.integrations.lightning`. :mod:`dse_ext.baselines` has the
+label-free scores DSE is compared with (RankMe, dense RankMe, α-ReQ, LiDAR); ``dse demo`` runs
+the end-to-end demo (:mod:`dse_ext.demo`).
 
 Modules: :mod:`dse_ext.functional` (the compiled building blocks),
 :mod:`dse_ext.reference` (their pure-PyTorch twins).
@@ -22,7 +24,7 @@ import torch  # noqa: F401  (load torch's libraries before the compiled module)
 
 import importlib
 
-from . import checkpoints, features, functional, reference, results, scoring
+from . import baselines, checkpoints, features, functional, reference, results, scoring
 from ._ops import build_info, cuda_built, extension_available
 from .checkpoints import CheckpointError, load_weights
 from .crowding import CrowdingOutput, crowding
@@ -46,4 +48,4 @@ __version__ = "0.1.0"
 __all__ = ["dse", "DSEOutput", "DSERegularizer", "DSARegularizer", "crowding", "CrowdingOutput", "functional",
            "reference", "extension_available", "cuda_built", "build_info", "dense_features", "FeatureExtractor",
            "load_weights", "CheckpointError", "score_checkpoints", "score_features", "select_checkpoints",
-           "paper_lambda", "Selection", "plot_results", "DSEMonitor"]
+           "paper_lambda", "Selection", "plot_results", "DSEMonitor", "baselines"]

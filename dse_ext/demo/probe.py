@@ -137,7 +137,7 @@ def _pixel_predictions(weight: torch.Tensor, bias: torch.Tensor, tokens: torch.T
 
 def linear_probe(train_tokens: torch.Tensor, train_masks: torch.Tensor, val_tokens: torch.Tensor,
                  val_masks: torch.Tensor, num_classes: int, *, epochs: int = 100, lr: float = 0.05,
-                 weight_decay: float = 1e-4, seed: int = 0) -> dict:
+                 weight_decay: float = 1e-4, balanced: bool = True, seed: int = 0) -> dict:
     """Train a linear classifier on frozen patch tokens and score it by pixel-level mIoU.
 
     train_tokens: float ``(n, N, d)``, N = h·w patch tokens in row-major patch order (h = w = √N);
@@ -147,7 +147,10 @@ def linear_probe(train_tokens: torch.Tensor, train_masks: torch.Tensor, val_toke
     Features are standardised with the mean and std of the train tokens (per dimension). A linear
     layer d → num_classes (initialised from a private generator seeded with ``seed``) is trained
     on every train token with the majority label of its patch (:func:`patch_labels`), full batch,
-    for ``epochs`` steps of AdamW (``lr``, ``weight_decay``) on the mean cross-entropy. Prediction
+    for ``epochs`` steps of AdamW (``lr``, ``weight_decay``) on the mean cross-entropy, each class
+    weighted by the inverse of its share of the train patches when ``balanced`` (as scikit-learn's
+    ``class_weight="balanced"``: background covers most patches, and an unweighted probe settles on
+    predicting it everywhere). Prediction
     is at pixel level: the logits, as ``(m, C, h, w)``, are upsampled bilinearly to ``(S, S)``
     (``align_corners=False``) and the argmax is compared with every pixel of the masks.
 
@@ -167,10 +170,14 @@ def linear_probe(train_tokens: torch.Tensor, train_masks: torch.Tensor, val_toke
     g = torch.Generator().manual_seed(seed)  # nn.Linear would draw its init from the global RNG
     weight = (torch.randn(num_classes, d, generator=g) * (0.01 / math.sqrt(d))).to(x.device).requires_grad_()
     bias = torch.zeros(num_classes, device=x.device, requires_grad=True)
+    class_weight = None
+    if balanced:
+        counts = torch.bincount(y, minlength=num_classes).float()
+        class_weight = torch.where(counts > 0, y.numel() / (num_classes * counts.clamp(min=1)), 0.0)
     optimizer = torch.optim.AdamW([weight, bias], lr=lr, weight_decay=weight_decay)
     for _ in range(epochs):
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(F.linear(x, weight, bias), y).backward()
+        F.cross_entropy(F.linear(x, weight, bias), y, weight=class_weight).backward()
         optimizer.step()
     weight, bias = weight.detach(), bias.detach()
 

@@ -77,7 +77,8 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
 
 
 def augment(images: torch.Tensor, g: torch.Generator, *, min_scale: float = 0.35) -> torch.Tensor:
-    """One random view per image: resized crop (area ``min_scale``–1), flip, colour jitter, grayscale.
+    """One random view per image: resized crop (area ``min_scale``–1), flip, colour jitter (brightness,
+    contrast, saturation and a hue rotation), grayscale.
 
     images: uint8 ``(B, 3, S, S)``; returns float32 ``(B, 3, S, S)`` normalized with the ImageNet
     mean/std. All randomness comes from ``g``.
@@ -102,9 +103,24 @@ def augment(images: torch.Tensor, g: torch.Generator, *, min_scale: float = 0.35
     x = (x - mean) * contrast + mean
     gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
     x = (x - gray) * saturation + gray
+    x = _rotate_hue(x, torch.where(jitter, _uniform(B, -math.pi, math.pi, g), 0.0))
     to_gray = (torch.rand(B, generator=g) < 0.2).view(B, 1, 1, 1)
     x = torch.where(to_gray, gray.expand_as(x), x).clamp(0, 1)
     return normalize((x * 255.0).round().to(torch.uint8))
+
+
+def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotates the colours of each image (B, 3, H, W) about the grey axis by ``angle`` (B,) radians.
+
+    The hue of every pixel turns by the same angle while its grey level stays: colour alone then
+    does not tell two views of one image apart from views of another.
+    """
+    k = torch.full((3,), 1 / math.sqrt(3))
+    cross = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    outer = torch.outer(k, k)
+    c, s_ = angle.cos().view(-1, 1, 1), angle.sin().view(-1, 1, 1)
+    rotation = c * torch.eye(3) + s_ * cross + (1 - c) * outer  # Rodrigues, (B, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", rotation, x)
 
 
 def two_views(images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,8 +263,8 @@ METHODS: dict[str, type] = {"dino": DINO, "mocov3": MoCoV3}
 @dataclass
 class TrainConfig:
     epochs: int = 30
-    batch_size: int = 64
-    lr: float = 5e-4
+    batch_size: int = 32
+    lr: float = 1e-3
     weight_decay: float = 0.04
     warmup_epochs: int = 2
     save_every: int = 3
