@@ -49,10 +49,10 @@ test-cpp: venv
 
 # The end-to-end demo (README): synthetic data, SSL runs, label-free scores vs. probe mIoU.
 demo: install
-	$(VPY) -m dse_ext demo --out demo-out
+	$(VENV)/bin/dse demo --out demo-out
 
 demo-quick: install
-	$(VPY) -m dse_ext demo --quick --out demo-out-quick
+	$(VENV)/bin/dse demo --quick --out demo-out-quick
 
 bench: install
 	$(VPY) bench/bench_dse.py --repeats 5
