@@ -24,9 +24,9 @@ import math
 
 import torch
 
-__all__ = ["rankme", "dense_rankme", "alpha_req", "lidar"]
+from ._validation import as_float_tensor
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+__all__ = ["rankme", "dense_rankme", "alpha_req", "lidar"]
 
 #: Relative cut of α-ReQ's default fit range: eigenvalues ``λ_i <= ALPHA_REQ_CUT · λ_1`` are
 #: treated as numerically zero and left out of the power-law fit.
@@ -36,18 +36,9 @@ ALPHA_REQ_CUT = 1e-12
 # ------------------------------------------------------------------ boundary checks
 def _as_float64(x, name: str, shape: str, ndim: int, hint: str = "") -> torch.Tensor:
     """Check type, number of dimensions, emptiness and finiteness; return a float64 copy/view."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), got {x.dtype}; "
-            f"convert with {name}.float()"
-        )
-    if x.dim() != ndim:
+    if isinstance(x, torch.Tensor) and x.dim() != ndim:
         raise ValueError(f"{name} must have shape {shape}, got {x.dim()}-D shape {tuple(x.shape)}{hint}")
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); every dimension of {shape} must be >= 1")
-    x = x.detach().to(torch.float64)
+    x = as_float_tensor(x, name, check_finite=False).detach().to(torch.float64)  # type, dtype, emptiness
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN/Inf value(s); remove or fix those samples first")
