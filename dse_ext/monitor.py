@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from . import distributed
 from .features import FeatureExtractor
 from .metric import DSEOutput, dse
 
@@ -178,13 +178,6 @@ def _tensorboard_writer_class():
     return SummaryWriter
 
 
-def _rank_or_none() -> int | None:
-    """This process's rank when torch.distributed is initialized, else ``None``."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return None
-
-
 class DSEMonitor:
     """Scores DSE on a fixed probe batch every ``every`` steps of a training loop.
 
@@ -257,8 +250,7 @@ class DSEMonitor:
     @property
     def active(self) -> bool:
         """Whether this process measures (``False`` on ranks other than 0 with ``rank_zero_only``)."""
-        rank = _rank_or_none()
-        return not (self.rank_zero_only and rank not in (None, 0))
+        return not (self.rank_zero_only and distributed.rank() != 0)
 
     def step(self, step: int) -> dict[str, float] | None:
         """Measures if ``step % every == 0`` (and this process is :attr:`active`), else returns ``None``."""
