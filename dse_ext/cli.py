@@ -7,7 +7,10 @@
     dse demo [--quick] [--out DIR]
 
 Exit status: 0 on success, 1 when some checkpoints could not be scored (the others are in the
-table), 2 for bad arguments or input.
+table), 2 for bad arguments or input: one line on stderr (``dse <command>: error: ...``), no
+traceback, and no work done before the check (arguments, model name, device, output path, DSE
+options against the token count, a table in use or scored with other settings are all checked
+before the first checkpoint). A traceback means a bug in dse_ext: please report it.
 """
 
 from __future__ import annotations
@@ -20,17 +23,51 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"img_size\": 96}}', got {text!r}")
+    return value
+
+
+_json_object.__name__ = "JSON object"
+
+
 def _dse_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("DSE options (see dse_ext.dse)")
-    g.add_argument("--local-clusters", type=int, default=3, help="k-means clusters per image (default 3)")
-    g.add_argument("--global-clusters", type=int, default=24, help="k-means clusters per group (default 24)")
-    g.add_argument("--group-size", type=int, default=8, help="images per global clustering group (default 8)")
-    g.add_argument("--dse-batch", type=int, default=1024,
+    g.add_argument("--local-clusters", type=_int_at_least(1), default=3, help="k-means clusters per image (default 3)")
+    g.add_argument("--global-clusters", type=_int_at_least(2), default=24, help="k-means clusters per group (default 24)")
+    g.add_argument("--group-size", type=_int_at_least(1), default=8, help="images per global clustering group (default 8)")
+    g.add_argument("--dse-batch", type=_int_at_least(2), default=1024,
                    help="images per DSE evaluation; components are averaged over evaluations (default 1024)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dse", description="Dense representation Structure Estimator (DSE): "
+    parser = _Parser(prog="dse", description="Dense representation Structure Estimator (DSE): "
                                      "score SSL checkpoints without labels and pick the ones to keep.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -43,18 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--features", nargs="+", metavar="PATH_OR_GLOB",
                      help="score .pt files of (B, N, d) features instead of a model")
     s.add_argument("--model", help="timm model name, e.g. vit_small_patch16_224 (with --checkpoints)")
-    s.add_argument("--model-kwargs", type=json.loads, default={}, metavar="JSON",
+    s.add_argument("--model-kwargs", type=_json_object, default={}, metavar="JSON",
                    help='extra timm.create_model arguments, e.g. \'{"img_size": 96}\'')
     s.add_argument("--images", help="folder of images (searched recursively; with --checkpoints)")
-    s.add_argument("--out", required=True, help="results CSV (created, or resumed if it exists)")
-    s.add_argument("--num-images", type=int, default=2048, help="images per checkpoint (default 2048)")
-    s.add_argument("--image-size", type=int,
+    s.add_argument("--out", required=True, help="results CSV (created, or resumed if it exists; locked while "
+                                                "this run writes it)")
+    s.add_argument("--rescore", action="store_true",
+                   help="score every checkpoint again and replace the table's rows (needed to resume a table "
+                        "scored with other settings)")
+    s.add_argument("--num-images", type=_int_at_least(2), default=2048, help="images per checkpoint (default 2048)")
+    s.add_argument("--image-size", type=_int_at_least(1),
                    help="crop size after resizing (default: the model's input size, e.g. 224)")
-    s.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    s.add_argument("--batch-size", type=_int_at_least(1), default=64, help="images per forward pass (default 64)")
     s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun: each rank's GPU)")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model precision (autocast); DSE runs in float32")
-    s.add_argument("--seed", type=int, default=0, help="picks the images and seeds DSE (default 0)")
+    s.add_argument("--seed", type=_int_at_least(0), default=0,
+                   help="picks the images and seeds DSE, an integer in [0, 2**63) (default 0)")
     s.add_argument("--layer", help="block/stage index (timm) or dotted module name; default: the last")
     s.add_argument("--checkpoint-key", help="sub-dict holding the weights (teacher, state_dict, ...); "
                                             "default: detected")
@@ -66,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sel = sub.add_parser("select", help="λ, DSE_λ and the top local maxima of a results CSV")
     sel.add_argument("results", help="results CSV written by `dse score`")
-    sel.add_argument("--top", type=int, default=3, help="checkpoints to keep (default 3)")
-    sel.add_argument("--window", type=int, default=2, help="local-maximum half window (default 2)")
+    sel.add_argument("--top", type=_int_at_least(1), default=3, help="checkpoints to keep (default 3)")
+    sel.add_argument("--window", type=_int_at_least(0), default=2, help="local-maximum half window (default 2)")
     sel.add_argument("--lam", type=float, help="use this λ instead of std(M_inter - M_intra) / std(M_dim)")
     sel.add_argument("--json", metavar="PATH", help="also write the selection as JSON ('-': stdout only JSON)")
 
@@ -84,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="components and DSE_λ over training, selection marked (needs matplotlib)")
     pl.add_argument("results", help="results CSV written by `dse score`")
     pl.add_argument("-o", "--out", default="dse.png", help="image file (default dse.png)")
-    pl.add_argument("--top", type=int, default=3)
-    pl.add_argument("--window", type=int, default=2)
+    pl.add_argument("--top", type=_int_at_least(1), default=3)
+    pl.add_argument("--window", type=_int_at_least(0), default=2)
     pl.add_argument("--lam", type=float)
     return parser
 
@@ -101,32 +143,36 @@ def _layer(text: str | None):
 
 def _score(args: argparse.Namespace) -> int:
     from . import distributed
-    from .scoring import score_checkpoints, score_features
+    from .scoring import _check_device, score_checkpoints, score_features
 
     dse_kwargs = dict(local_clusters=args.local_clusters, global_clusters=args.global_clusters,
                       group_size=args.group_size)
+    if args.features and (args.model or args.images):
+        raise ValueError("--features scores saved features: --model and --images are for --checkpoints")
+    if args.checkpoints and (not args.model or not args.images):
+        raise ValueError("--checkpoints needs --model and --images")
+    _check_device(args.device)  # before joining a process group
     started, device = distributed.init_from_env(args.device)
     try:
         if args.features:
             report = score_features(args.features, out=args.out, dse_batch=args.dse_batch, seed=args.seed,
-                                    progress=not args.no_progress, **dse_kwargs)
+                                    rescore=args.rescore, progress=not args.no_progress, **dse_kwargs)
         else:
-            if not args.model or not args.images:
-                raise ValueError("--checkpoints needs --model and --images")
             report = score_checkpoints(
                 args.checkpoints, model=args.model, images=args.images, out=args.out, num_images=args.num_images,
                 batch_size=args.batch_size, dse_batch=args.dse_batch, device=device, dtype=args.dtype,
                 seed=args.seed, layer=_layer(args.layer), key=args.checkpoint_key, prefix=args.strip_prefix,
                 image_size=args.image_size, unsafe_load=args.unsafe_load, model_kwargs=args.model_kwargs,
-                progress=not args.no_progress, **dse_kwargs)
+                rescore=args.rescore, progress=not args.no_progress, **dse_kwargs)
     finally:
         if started:
             import torch.distributed as dist
 
             dist.destroy_process_group()
     if distributed.rank() == 0:
-        print(f"{len(report.scored)} scored, {len(report.skipped)} already done, {len(report.failures)} failed "
-              f"-> {args.out}", file=sys.stderr)
+        changed = f" ({len(report.changed)} of them changed since last scored)" if report.changed else ""
+        print(f"{len(report.scored)} scored{changed}, {len(report.skipped)} already done, {len(report.failures)} "
+              f"failed -> {args.out}", file=sys.stderr)
         for name, reason in report.failures:
             print(f"  failed: {name}: {reason}", file=sys.stderr)
     return 0 if report.ok else 1
@@ -164,12 +210,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .locking import TableInUseError
+
     args = build_parser().parse_args(argv)
     handler = {"score": _score, "select": _select, "plot": _plot, "demo": _demo}[args.command]
     try:
         return handler(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"dse {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, ImportError, OSError, TableInUseError) as e:  # the user's input or machine, not a bug
+        text = str(e)
+        if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in text:
+            text = f"{e.filename}: {text}"
+        print(f"dse {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -14,6 +14,7 @@ earlier checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -22,11 +23,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .results import read_results, training_order
+from .results import order_key, read_results, settings_differences, split_training_order
 
 __all__ = ["Selection", "paper_lambda", "dse_lambda", "local_maxima", "select_checkpoints"]
 
 _NEEDED = ("m_inter", "m_intra", "m_dim")
+# Spread of M_dim (relative to its size) below which it is rounding noise: the scores are computed in
+# float32 (~6e-8 relative) and averaged; 1e-6 leaves a margin of an order of magnitude.
+M_DIM_NOISE = 1e-6
 _TABLE_FIELDS = ("checkpoint", "epoch", "step", "dse_lambda", "dse", "m_inter", "m_intra", "m_dim")
 
 
@@ -80,6 +84,13 @@ def paper_lambda(m_inter: Sequence[float], m_intra: Sequence[float], m_dim: Sequ
             f"M_dim is constant over the {n} checkpoints ({dim[0]!r}), so "
             "λ = std(M_inter − M_intra) / std(M_dim) is undefined; "
             "pass lam explicitly (lam=1.0 gives the official DSE)"
+        )
+    scale = float(np.max(np.abs(dim)))
+    if dim_std <= M_DIM_NOISE * scale:
+        raise ValueError(
+            f"M_dim hardly varies over the {n} checkpoints (std {dim_std:.3g}, {dim_std / scale:.2g} of its size, "
+            f"within the float32 rounding of the scores): λ = std(M_inter − M_intra) / std(M_dim) would "
+            "weigh rounding noise; pass lam explicitly (lam=1.0 gives the official DSE)"
         )
     return float(np.std(inter - intra)) / dim_std
 
@@ -154,7 +165,8 @@ class Selection:
     ``lam``: the weight λ of ``M_dim``. ``rows``: the kept rows in training order (copies, each
     with an added ``dse_lambda``). ``candidates``: increasing indices into ``rows`` of the local
     maxima of DSE_λ. ``selected``: the best ``top`` candidates, best first. ``window`` and ``top``
-    are the settings used.
+    are the settings used. ``excluded``: checkpoints left out because their file name gives no
+    place in training (``last.ckpt``) while others do.
     """
 
     lam: float
@@ -163,6 +175,7 @@ class Selection:
     selected: list[int]
     window: int
     top: int
+    excluded: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def best(self) -> dict:
@@ -184,6 +197,7 @@ class Selection:
             "top": self.top,
             "selected": selected,
             "candidates": [str(self.rows[i].get("checkpoint")) for i in self.candidates],
+            "excluded": list(self.excluded),
         }
 
     def format_table(self) -> str:
@@ -202,7 +216,11 @@ class Selection:
             f"λ = {self.lam:.6g} (DSE_λ = M_inter − M_intra + λ·M_dim); top {len(self.selected)} of "
             f"{len(self.candidates)} local maxima (window {self.window}) over {len(self.rows)} checkpoints"
         )
-        return "\n".join([title, line(header), *(line(cells) for cells in lines)])
+        notes = []
+        if self.excluded:
+            notes.append(f"excluded (no epoch or step in the file name, so no known place in training): "
+                         f"{', '.join(self.excluded)}")
+        return "\n".join([title, line(header), *(line(cells) for cells in lines), *notes])
 
 
 def _finite_component(row: Mapping, key: str) -> bool:
@@ -245,7 +263,13 @@ def select_checkpoints(
     ``results`` is a results CSV (a path, read with :func:`dse_ext.results.read_results`) or its
     rows (dicts with ``checkpoint``, ``epoch``, ``step``, ``m_inter``, ``m_intra``, ``m_dim``...).
     Rows with a missing or non-finite component are dropped with a ``UserWarning``; the rest are
-    put in training order (:func:`dse_ext.results.training_order`). ``lam`` defaults to
+    put in training order, numerically by epoch (or step) parsed from the file names
+    (:func:`dse_ext.results.split_training_order`). Rows whose name gives no epoch (step) while
+    others do — ``last.ckpt``, DINO's ``checkpoint.pth`` — are excluded with a ``UserWarning``
+    and listed in ``Selection.excluded``; when no name is numbered, the given row order is taken as
+    training order (with a ``UserWarning``). ``ValueError`` for a table that names one checkpoint
+    twice, has two rows at the same epoch/step (two runs mixed), or mixes rows scored with
+    different settings. ``lam`` defaults to
     :func:`paper_lambda` over those rows (which needs at least two, with ``M_dim`` not constant).
     Candidates are :func:`local_maxima` of DSE_λ with ``window`` neighbours on each side; the
     ``top`` (≥ 1) best, ties to the earlier checkpoint, are ``selected``.
@@ -257,7 +281,22 @@ def select_checkpoints(
     else:
         rows = [dict(row) for row in results]
     given = len(rows)
-    rows = training_order(_usable_rows(rows))
+    _check_one_run(rows)
+    numbered, unnumbered = split_training_order(_usable_rows(rows))
+    excluded: list[str] = []
+    if numbered and unnumbered:
+        excluded = [str(row.get("checkpoint")) for row in unnumbered]
+        warnings.warn(f"excluded from selection, their file names give no {order_key(numbered)} so their place in "
+                      f"training is unknown: {', '.join(excluded)}; rename them (e.g. checkpoint0100.pth) to "
+                      "include them", UserWarning, stacklevel=2)
+        rows = numbered
+    elif unnumbered:
+        if len(unnumbered) > 1:
+            warnings.warn("no checkpoint name states an epoch or step: the rows' order in the table is taken "
+                          "as training order", UserWarning, stacklevel=2)
+        rows = unnumbered
+    else:
+        rows = numbered
     if not rows:
         raise ValueError(
             f"no checkpoint to select from: {given} row(s) given, none with finite m_inter, m_intra and m_dim"
@@ -274,4 +313,38 @@ def select_checkpoints(
     rows = [{**row, "dse_lambda": float(score)} for row, score in zip(rows, scores)]
     candidates = local_maxima(scores, window)
     selected = sorted(candidates, key=lambda i: (-scores[i], i))[:top]
-    return Selection(lam=lam, rows=rows, candidates=candidates, selected=selected, window=window, top=top)
+    return Selection(lam=lam, rows=rows, candidates=candidates, selected=selected, window=window, top=top,
+                     excluded=excluded)
+
+
+def _check_one_run(rows: list[dict]) -> None:
+    """Refuses a table that cannot be one run's: a checkpoint twice, two rows at one place in
+    training, or rows scored with different settings."""
+    seen: dict = {}
+    for position, row in enumerate(rows):
+        identity = row.get("file") or row.get("checkpoint")
+        if identity in seen:
+            raise ValueError(f"checkpoint {row.get('checkpoint')} appears twice (rows {seen[identity] + 1} and "
+                             f"{position + 1}); a table holds one row per checkpoint: remove the duplicate")
+        seen[identity] = position
+    key = order_key(rows)
+    places: dict = {}
+    for row in rows:
+        if key is not None and row.get(key) is not None:
+            place = (row.get("epoch"), row.get("step"))
+            if place in places:
+                what = ", ".join(f"{k} {v}" for k, v in zip(("epoch", "step"), place) if v is not None)
+                raise ValueError(f"{places[place]} and {row.get('checkpoint')} are both at {what}: is the table "
+                                 "mixing two runs? Select from one run's table at a time")
+            places[place] = row.get("checkpoint")
+    with_settings = [row for row in rows if row.get("settings")]
+    if with_settings and len(with_settings) != len(rows):
+        raise ValueError("some rows have recorded settings and some do not: the table mixes rows of different "
+                         "scoring runs")
+    for row in with_settings[1:]:
+        diff = settings_differences(with_settings[0]["settings"], row["settings"])
+        if diff:
+            name, a, b = diff[0]
+            raise ValueError(f"rows were scored with different settings ({name}: {a!r} for "
+                             f"{with_settings[0].get('checkpoint')}, {b!r} for {row.get('checkpoint')}); "
+                             "select from rows scored one way")

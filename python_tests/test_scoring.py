@@ -135,7 +135,8 @@ def test_score_features_files(tmp_path, gen):
 def test_results_table_round_trip_and_name_parsing(tmp_path):
     rows = [{"checkpoint": "a.pth", "epoch": 1, "step": None, "dse": 0.5, "m_inter": 1.0, "m_intra": 0.75,
              "m_intra_image": 0.5, "m_intra_batch": 1.0, "m_dim": 0.25, "avg_l2": 1.1, "num_images": 8,
-             "seconds": 0.1}]
+             "seconds": 0.1, "file": "a.pth", "file_size": 123, "file_mtime_ns": 1700000000123456789,
+             "settings": {"seed": 0, "dse": {"local_clusters": 3}, "model_kwargs": {}}}]
     write_results(tmp_path / "t.csv", rows)
     assert read_results(tmp_path / "t.csv") == rows
     assert parse_epoch_step("epoch=12-step=3400.ckpt") == (12, 3400)
