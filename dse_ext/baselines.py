@@ -21,6 +21,7 @@ associates good downstream performance with a decay coefficient α near 1; it is
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -163,6 +164,28 @@ def _fit_indices(lam: torch.Tensor, fit_range) -> tuple[int, int]:
     return first, last
 
 
+def _check_fit_range(fit_range, m: int) -> None:
+    """``fit_range`` is ``None`` or a pair of ints ``(first, last)`` with ``1 <= first < last <= m``."""
+    if fit_range is None:
+        return
+    if not isinstance(fit_range, (tuple, list)) or len(fit_range) != 2:
+        raise TypeError(
+            f"fit_range must be None or a pair of ints (first, last) of 1-based inclusive eigenvalue ranks, "
+            f"e.g. fit_range=(1, 10); got {fit_range!r} ({type(fit_range).__name__})"
+        )
+    for name, value in zip(("first", "last"), fit_range):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(
+                f"fit_range must be a pair of ints (first, last); its {name} rank is {value!r} "
+                f"({type(value).__name__}), e.g. pass fit_range=(1, 10)"
+            )
+    first, last = (int(v) for v in fit_range)
+    if not 1 <= first < last <= m:
+        raise ValueError(
+            f"fit_range must satisfy 1 <= first < last <= min(n − 1, d) = {m} (1-based, inclusive), got {fit_range!r}"
+        )
+
+
 def alpha_req(embeddings, *, fit_range: tuple[int, int] | None = None) -> float:
     """α-ReQ: the power-law decay coefficient of the embeddings' covariance eigenspectrum.
 
@@ -188,7 +211,8 @@ def alpha_req(embeddings, *, fit_range: tuple[int, int] | None = None) -> float:
     Args:
         embeddings: ``(n, d)`` image-level embeddings, ``n >= 3`` and ``d >= 2`` (at least two
             eigenvalues are needed for a fit).
-        fit_range: optional ``(first, last)`` 1-based **inclusive** ranks to fit, with
+        fit_range: optional ``(first, last)`` 1-based **inclusive** ranks to fit: a tuple or list
+            of two ints (``bool``, ``float`` and ``str`` are refused with a ``TypeError``), with
             ``1 <= first < last <= min(n − 1, d)``; every eigenvalue in it must exceed the same
             ``1e-12 · λ_1`` cut (a ``ValueError`` otherwise, rather than fitting round-off).
 
@@ -197,7 +221,8 @@ def alpha_req(embeddings, *, fit_range: tuple[int, int] | None = None) -> float:
 
     Raises:
         ValueError: not 2-D, empty, too few samples or features, NaN/Inf values, fewer than two
-            non-negligible eigenvalues, or an invalid ``fit_range``.
+            non-negligible eigenvalues, or ``fit_range`` ranks out of bounds.
+        TypeError: ``fit_range`` is not ``None`` or a pair of ints.
     """
     z = _as_float64(embeddings, "embeddings", "(n, d) (image-level embeddings)", 2)
     n, d = z.shape
@@ -206,6 +231,7 @@ def alpha_req(embeddings, *, fit_range: tuple[int, int] | None = None) -> float:
             f"alpha_req needs at least 3 samples and 2 features (at least two covariance eigenvalues "
             f"to fit), got embeddings of shape {tuple(z.shape)}"
         )
+    _check_fit_range(fit_range, min(n - 1, d))
     lam = _covariance_eigenvalues(z)
     first, last = _fit_indices(lam, fit_range)
     x = torch.arange(first, last + 1, dtype=torch.float64, device=z.device).log()

@@ -35,6 +35,7 @@ FeaturesFn = Callable[[nn.Module, Any], torch.Tensor]
 """``features_fn(model, images) -> (b, N, d)``: dense features of a chunk of ``b`` probe images."""
 
 COMPONENTS: tuple[str, ...] = DSEOutput._fields
+_CSV_FIELDS: list[str] = ["step", *COMPONENTS, "seconds"]  # the columns of DSEMonitor's CSV, in order
 _DSE_KWARGS = frozenset(name for name in inspect.signature(dse).parameters if name != "features")
 
 
@@ -197,6 +198,9 @@ class DSEMonitor:
             measurement; TensorBoard must be installed).
         csv_path: append one row per measurement (``step``, the components, ``seconds``) to this
             CSV file; it and its parent folders are created as needed, the header written once.
+            An existing file is appended to only if its header is exactly these columns; one with
+            another header (another tool's CSV, other columns) raises ``ValueError`` here, at
+            construction.
         writer: an existing ``SummaryWriter``-like object (``add_scalar(tag, value, step)``);
             not closed by :meth:`close`. Exclusive with ``log_dir``.
         prefix: TensorBoard tag prefix: the tags are ``f"{prefix}{component}"``.
@@ -241,6 +245,7 @@ class DSEMonitor:
         self.prefix = prefix
         self.rank_zero_only = bool(rank_zero_only)
         self.csv_path = Path(csv_path) if csv_path is not None else None
+        self._check_csv_header(_CSV_FIELDS)  # refuse another tool's CSV now, not at the first measurement
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self._writer_class = _tensorboard_writer_class() if log_dir is not None else None
         self.writer = writer
@@ -271,11 +276,36 @@ class DSEMonitor:
         self._write_tensorboard(row)
         return row
 
+    def _check_csv_header(self, fields: list[str]) -> bool:
+        """Whether ``csv_path`` is new (absent or empty); ``ValueError`` if it exists with another header.
+
+        Appending rows under a header with other columns (another tool's CSV, an older version of
+        this one) would silently mislabel every value, so such a file is refused.
+        """
+        if self.csv_path is None:
+            return False
+        if self.csv_path.is_dir():
+            raise ValueError(f"csv_path {self.csv_path} is a directory; pass the path of a CSV file")
+        if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
+            return True
+        try:
+            with open(self.csv_path, newline="", encoding="utf-8") as handle:
+                header = next(csv.reader(handle), [])
+        except (UnicodeDecodeError, csv.Error) as err:
+            header = f"<not a readable CSV: {err}>"
+        if header != list(fields):
+            raise ValueError(
+                f"csv_path {self.csv_path} already exists with a different header: it has {header!r}, "
+                f"DSEMonitor writes {list(fields)!r}; appending would put the rows under the wrong columns. "
+                f"Pass a new csv_path, or remove (or rename) the existing file"
+            )
+        return False
+
     def _write_csv(self, row: dict[str, float]) -> None:
         if self.csv_path is None:
             return
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        new = self._check_csv_header(list(row))  # again: the file may have appeared since construction
         with open(self.csv_path, "a", newline="") as handle:
             out = csv.DictWriter(handle, fieldnames=list(row))
             if new:
