@@ -43,6 +43,22 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     return value
 
 
+SEED_LIMIT = 2**63  # seeds are int64 in the compiled ops and in torch.Generator.manual_seed
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """Check that ``seed`` is an ``int`` (not a bool) in ``[0, 2**63)`` and return it.
+
+    Raises ``TypeError`` for any other type (a float such as ``1.5``, a string, ``True``) and
+    ``ValueError`` outside the range, naming the range: seeds reach the compiled ops as int64.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{name} must be an int in [0, 2**63), got {type(seed).__name__} {seed!r}")
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{name} must be in [0, 2**63) (a non-negative int64), got {seed}")
+    return int(seed)
+
+
 def check_labels(labels, shape: tuple[int, ...], num_clusters: int, device: torch.device, name: str,
                  allow_ignore: bool = False) -> torch.Tensor:
     """Integer labels of the given shape with values in ``[0, num_clusters)`` (or -1 if allowed)."""

@@ -205,8 +205,10 @@ class _Table:
     """The results table of one scoring run (all ranks): lock, existing rows, settings, writes."""
 
     def __init__(self, out: Path | None, rescore: bool):
-        self.out = out
-        self.base = out.parent.resolve() if out is not None else None
+        # Resolved: two spellings of one table (relative, absolute, through a link) share one lock,
+        # and a table reached through a symbolic link is replaced where it is, not over the link.
+        self.out = out.resolve() if out is not None else None
+        self.base = self.out.parent if out is not None else None
         self.rescore = rescore
         self.lock: TableLock | None = None
         self.rows: dict[str, dict] = {}   # file -> row, the table's rows that stay
@@ -262,11 +264,11 @@ class _Table:
         if missing:
             raise ValueError(f"{self.out}: row(s) without a file identity ({missing[0]}, ...); pass --rescore")
 
-    def check(self, settings: dict) -> None:
-        """The full settings check, once every setting is known (images read)."""
+    def check(self, settings: dict, pending: Sequence[str] = ()) -> None:
+        """Checks ``settings`` against the table's rows, but the ``pending`` ones (not known yet)."""
         self.settings = _normalized(settings)
         if self.out is not None and not self.rescore and self.rows:
-            self._check(list(self.rows.values()), settings, ())
+            self._check(list(self.rows.values()), settings, pending)
 
     def _consolidate(self) -> None:
         """Folds part files an interrupted distributed run left into the table (rank 0; all wait)."""
@@ -551,6 +553,7 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
         net = net.to(device).eval()
         size = image_size or _input_size(net)
         settings["image_size"] = size if from_folder else tuple(images.shape[2:])
+        table.check(settings, pending=("images_digest",))
         extract = FeatureExtractor(net, layer)
 
         def run(batch: torch.Tensor) -> torch.Tensor:
