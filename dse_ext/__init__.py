@@ -31,7 +31,7 @@ from .crowding import CrowdingOutput, crowding
 from .features import FeatureExtractor, dense_features
 from .metric import DSEOutput, dse
 from .regularizers import DSARegularizer, DSERegularizer
-from .scoring import score_checkpoints, score_features
+from .scoring import SettingsMismatchError, TableInUseError, score_checkpoints, score_features
 
 # Loaded on first use (numpy, matplotlib, tensorboard stay out of `import dse_ext`).
 _LAZY = {"select_checkpoints": "selection", "paper_lambda": "selection", "Selection": "selection",
@@ -47,5 +47,6 @@ def __getattr__(name):
 __version__ = "0.1.0"
 __all__ = ["dse", "DSEOutput", "DSERegularizer", "DSARegularizer", "crowding", "CrowdingOutput", "functional",
            "reference", "extension_available", "cuda_built", "build_info", "dense_features", "FeatureExtractor",
-           "load_weights", "CheckpointError", "score_checkpoints", "score_features", "select_checkpoints",
+           "load_weights", "CheckpointError", "score_checkpoints", "score_features", "SettingsMismatchError",
+           "TableInUseError", "select_checkpoints",
            "paper_lambda", "Selection", "plot_results", "DSEMonitor", "baselines"]
