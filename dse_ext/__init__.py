@@ -25,6 +25,7 @@ import torch  # noqa: F401  (load torch's libraries before the compiled module)
 import importlib
 
 from . import baselines, checkpoints, features, functional, reference, results, scoring
+from ._autograd import DoubleBackwardError
 from ._ops import build_info, cuda_built, extension_available
 from .checkpoints import CheckpointError, load_weights
 from .crowding import CrowdingOutput, crowding
@@ -48,5 +49,5 @@ __version__ = "0.1.0"
 __all__ = ["dse", "DSEOutput", "DSERegularizer", "DSARegularizer", "crowding", "CrowdingOutput", "functional",
            "reference", "extension_available", "cuda_built", "build_info", "dense_features", "FeatureExtractor",
            "load_weights", "CheckpointError", "score_checkpoints", "score_features", "SettingsMismatchError",
-           "TableInUseError", "select_checkpoints",
+           "TableInUseError", "DoubleBackwardError", "select_checkpoints",
            "paper_lambda", "Selection", "plot_results", "DSEMonitor", "baselines"]

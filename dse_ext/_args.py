@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validation import as_float_tensor, check_labels, check_ndim, check_positive_int
+from ._validation import as_float_tensor, check_labels, check_ndim, check_positive_int, check_seed
 
 INIT_CODES = {"k-means++": 0, "k-means++-linear": 1}
 
@@ -30,9 +30,10 @@ def batch_points(x, name: str = "x") -> Batched:
     return Batched(x.unsqueeze(0) if single else x, single)
 
 
-def kmeans_args(x, num_clusters, max_iters, tol, init, counts):
-    """Returns (batched points, counts (P,) int64, init code)."""
+def kmeans_args(x, num_clusters, max_iters, tol, init, counts, seed=0):
+    """Returns (batched points, counts (P,) int64, init code); ``seed`` is checked (an int in [0, 2**63))."""
     b = batch_points(x)
+    check_seed(seed)
     P, M, _ = b.x.shape
     check_positive_int(num_clusters, "num_clusters")
     check_positive_int(max_iters, "max_iters", minimum=0)

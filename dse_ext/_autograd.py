@@ -5,6 +5,11 @@ differentiable with respect to the points (and, for the distances, the centroids
 ``kmeans`` is not (its labels are integers and its centroids are returned detached).
 Singular values below the noise floor get no gradient (see csrc/cpu/spectral_backward_cpu.cpp),
 so rank-deficient clusters and repeated singular values give finite gradients.
+
+Second-order gradients are not supported: the ``*_backward`` ops get an autograd formula that
+raises, naming the op. A first-order backward with ``create_graph=True`` still works (e.g. a
+gradient penalty on other terms of the loss); only a second-order gradient that actually flows
+back through a dse op raises (before, torch returned silent zeros with a warning).
 """
 
 from __future__ import annotations
@@ -53,8 +58,31 @@ def _nearest_backward(ctx, grad):
     return (gx if ctx.needs_input_grad[0] else None), (gc if ctx.needs_input_grad[1] else None), None, None
 
 
+class DoubleBackwardError(RuntimeError):
+    """A second-order gradient reached a dse op, whose backward is not differentiable."""
+
+
+def _no_double_backward(forward: str, backward: str):
+    def setup_context(ctx, inputs, output):
+        pass
+
+    def fail(ctx, *grads):
+        raise DoubleBackwardError(
+            f"double backward through dse::{forward} is not supported: its gradient (dse::{backward}) is not "
+            f"differentiable, so second-order gradients (torch.autograd.grad(..., create_graph=True) then "
+            f"backward, gradgradcheck, Hessians) cannot flow through it. First-order gradients work, also with "
+            f"create_graph=True; keep the DSE term out of what is differentiated twice (e.g. compute a gradient "
+            f"penalty from the other loss terms only)")
+
+    return fail, setup_context
+
+
 def register() -> None:
     torch.library.register_autograd("dse::cluster_css", _css_backward, setup_context=_css_setup)
     torch.library.register_autograd("dse::effective_rank", _rank_backward, setup_context=_rank_setup)
     torch.library.register_autograd("dse::nearest_other_centroid_distance", _nearest_backward,
                                     setup_context=_nearest_setup)
+    for forward in ("cluster_css", "effective_rank", "nearest_other_centroid_distance"):
+        backward = f"{forward}_backward"
+        fail, setup = _no_double_backward(forward, backward)
+        torch.library.register_autograd(f"dse::{backward}", fail, setup_context=setup)

@@ -3,6 +3,13 @@
 After import, ``torch.ops.dse.*`` exist when the extension was built. The fake
 kernels let ``torch.compile`` and ``torch.library.opcheck`` reason about output
 shapes without running the kernels.
+
+The raw ops check shapes, dtypes and devices, but not finiteness: reading every value for
+NaN/Inf would cost a pass over the data, so NaN/Inf input gives unspecified output, not an
+error. The checked boundary is :mod:`dse_ext.functional` and :func:`dse_ext.dse`, which also
+check label ranges and seeds (and ``dse`` rescales the tokens so that no square overflows).
+Autograd formulas are registered by :mod:`dse_ext._autograd`: first-order only; a second-order
+gradient through a dse op raises.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -47,12 +49,13 @@ SEED_LIMIT = 2**63  # seeds are int64 in the compiled ops and in torch.Generator
 
 
 def check_seed(seed, name: str = "seed") -> int:
-    """Check that ``seed`` is an ``int`` (not a bool) in ``[0, 2**63)`` and return it.
+    """Check that ``seed`` is an integer (a Python or NumPy int, not a bool) in ``[0, 2**63)``
+    and return it as a Python ``int``.
 
     Raises ``TypeError`` for any other type (a float such as ``1.5``, a string, ``True``) and
     ``ValueError`` outside the range, naming the range: seeds reach the compiled ops as int64.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{name} must be an int in [0, 2**63), got {type(seed).__name__} {seed!r}")
     if not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"{name} must be in [0, 2**63) (a non-negative int64), got {seed}")

@@ -3,6 +3,17 @@
 Each function validates its input, then calls one batched ``torch.ops.dse`` operator.
 Half-precision inputs are computed in float32 and returned as float32; spectral
 reductions are computed in float64 internally whatever the input dtype.
+
+The checked boundary is this module (and :func:`dse_ext.dse` above it): here every tensor is
+checked for type, shape, device, label range and finiteness (NaN/Inf raise a ``ValueError``
+naming the argument and the count of bad values), and seeds for being ints in ``[0, 2**63)``.
+The raw ``torch.ops.dse.*`` operators check shapes, dtypes and devices only: for speed they do
+not read the data to check finiteness, and NaN/Inf input gives unspecified (NaN or garbage)
+output rather than an error. Call them directly only with data you know to be finite.
+
+Gradients: ``centered_singular_sum``, ``effective_rank`` and ``nearest_other_centroid_distance``
+are differentiable once; a second-order gradient through them raises (see
+:mod:`dse_ext._autograd`).
 """
 
 from __future__ import annotations
@@ -66,7 +77,7 @@ def kmeans(x, num_clusters: int, *, max_iters: int = 20, tol: float = 1e-4, seed
         max_iters: maximum number of Lloyd updates per problem.
         tol: a problem stops once the Frobenius norm of its centroid shift is ``<= tol``
             (same units as ``x``).
-        seed: seed of the counter-based RNG; the global torch RNG is not used.
+        seed: seed of the counter-based RNG, an int in ``[0, 2**63)``; the global torch RNG is not used.
         init: ``"k-means++"`` (sample ∝ D², the standard) or ``"k-means++-linear"``
             (sample ∝ D, as the released DSE code does).
         counts: optional ``(P,)`` integers; problem p uses its first ``counts[p]`` points
@@ -74,9 +85,18 @@ def kmeans(x, num_clusters: int, *, max_iters: int = 20, tol: float = 1e-4, seed
 
     Returns:
         ``(centroids, labels)``: ``(k, d)`` / ``(P, k, d)`` in x's dtype and
-        ``(M,)`` / ``(P, M)`` int64. Labels are the nearest returned centroid.
+        ``(M,)`` / ``(P, M)`` int64. Labels are the nearest returned centroid, ties to the
+        lowest index.
+
+    Degenerate problems (same rule in every backend): when every point coincides with a chosen
+    centroid (the total D² weight is 0), the next seed is point ``min(floor(u·n), n − 1)`` of the
+    uniform draw ``u``, so a problem with fewer distinct points than k gets duplicate centroids;
+    an empty cluster keeps its centroid. Which duplicate is drawn may differ between the compiled
+    kernels and :mod:`dse_ext.reference` (the compiled seeding measures distances through a GEMM
+    whose rounding can leave duplicates a tiny weight); the partition into non-empty clusters
+    is the same. :func:`dse_ext.dse` merges clusters whose centroids coincide and ignores empty ones.
     """
-    b, counts_t, code = kmeans_args(x, num_clusters, max_iters, tol, init, counts)
+    b, counts_t, code = kmeans_args(x, num_clusters, max_iters, tol, init, counts, seed)
     _require_kernel(b.x)
     c, labels, _ = torch.ops.dse.kmeans(b.x, counts_t, num_clusters, max_iters, float(tol), int(seed), code)
     return (c[0], labels[0]) if b.single else (c, labels)

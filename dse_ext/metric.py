@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from types import ModuleType
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from . import _ops, functional, reference
 from ._rng import derive_seed
-from ._validation import as_float_tensor, check_labels, check_ndim, check_positive_int
+from ._validation import as_float_tensor, check_labels, check_ndim, check_positive_int, check_seed
 
 M_DIM_MODES = ("per_position", "pooled")
 BACKENDS = ("auto", "ext", "reference")
@@ -107,6 +107,140 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Te
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
+# ---------------------------------------------------------------- scale-safe token preparation
+#
+# Every component of DSE is scale-free except avg_l2, which is reported in the input's units
+# (k-means' ``tol`` is made relative to avg_l2 without normalization). The tokens are therefore
+# brought to a safe range by exact powers of two before anything squares them: float32 squares
+# overflow above ~1.8e19 and underflow below ~1e-19 (~1e-23 for subnormals), which used to turn
+# 1e20-scale tokens into zeros ("all tokens are identical") and 1e-30-scale tokens into wrong
+# answers. Multiplying by 2**k is exact (no rounding unless a value leaves the float range), so
+# the results equal those of the same data at unit scale, and the scale factors are constants
+# for autograd, which keeps the gradients exact. Data in the safe range is left as it is: its
+# scaled twin would give the same bits (every square, sum and quotient scales exactly).
+
+SAFE_EXPONENT = 50  # tokens with entries up to 2**50 (and a largest entry >= 2**-50) square safely
+TINY_TOKEN_LOG2 = -40  # a token whose norm is below 2**-40 (~9.1e-13) of the batch's largest is "tiny"
+
+
+def _power_of_two_exponent(amax: torch.Tensor) -> torch.Tensor:
+    """Integer e (int64) with ``amax = m · 2**e``, m in [0.5, 1); 0 where amax is 0."""
+    _, exponent = torch.frexp(amax)
+    return torch.where(amax > 0, exponent.long(), torch.zeros_like(exponent, dtype=torch.long))
+
+
+def _times_power_of_two(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``x · 2**k`` for integer exponents ``k`` broadcast against x (differentiable in x, exact).
+
+    The factor is applied in two halves when one factor would leave the dtype's range (2**149
+    does not exist in float32; rescaling a subnormal token needs it).
+    """
+    limit = math.frexp(torch.finfo(x.dtype).max)[1] - 2  # 126 for float32, 1022 for float64
+    largest = int(k.abs().max())
+    if largest == 0:
+        return x
+    if largest <= limit:
+        return x * torch.pow(2.0, k.to(x.dtype))
+    half = torch.div(k, 2, rounding_mode="floor")
+    return x * torch.pow(2.0, half.to(x.dtype)) * torch.pow(2.0, (k - half).to(x.dtype))
+
+
+def _abs_max(x: torch.Tensor, dim=None) -> torch.Tensor:
+    """max |x| (over ``dim``, kept; over everything if None); NaN/Inf propagate. Two plain
+    reductions: several times faster than ``vector_norm(ord=inf)`` on the CPU."""
+    if dim is None:
+        return torch.maximum(x.max(), -x.min())
+    return torch.maximum(x.amax(dim=dim, keepdim=True), x.amin(dim=dim, keepdim=True).neg())
+
+
+def _check_finite_amax(amax: torch.Tensor, features) -> None:
+    if not bool(torch.isfinite(amax).all()):  # NaN and Inf reach the max of their token
+        as_float_tensor(features, "features")  # raises with the count of bad values
+        raise ValueError("features contain NaN/Inf values; DSE is undefined for non-finite features")
+
+
+def _unit_tokens(x: torch.Tensor, features) -> torch.Tensor:
+    """L2-normalised tokens ``(B, N, d)``, at any scale, with bounded gradients.
+
+    - Ordinary tokens: ``x / ‖x‖``. When a token's largest entry is beyond ``2**±50``, on
+      ``x · 2**-e`` (e: the exponent of that entry), so no square overflows or underflows
+      whatever the token's scale.
+    - Zero tokens (dead ReLU positions, masked or padded tokens) stay 0 with a zero gradient
+      (``F.normalize`` gave them gradients of ~1e12 × the upstream gradient).
+    - Tiny tokens, with norms below ``2**TINY_TOKEN_LOG2`` (~1e-12) of the batch's largest token
+      norm R, are divided by that bound instead of their norm, as ``F.normalize`` does with its
+      absolute ``eps=1e-12``, but relative to R so the result does not depend on the units.
+      Their output is shorter than 1 and their gradient is bounded by ``2**40 / R`` × the
+      upstream gradient.
+    """
+    with torch.no_grad():
+        amax = _abs_max(x, dim=-1)  # (B, N, 1)
+        _check_finite_amax(amax, features)
+        zero = amax == 0
+        exponent = _power_of_two_exponent(amax)
+    if bool((exponent.abs() <= SAFE_EXPONENT).all()):
+        # no square over- or underflows: scaling would change no bit of the result (the norm and
+        # the division scale exactly), so skip the pass
+        exponent = torch.zeros_like(exponent)
+    y = _times_power_of_two(x, -exponent)  # if scaled: every non-zero token's largest entry in [0.5, 1)
+    norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)  # finite; > 0 except for zero tokens
+    with torch.no_grad():
+        # log2 of every token's true norm, in float64 (the true norm itself may not exist in x's dtype)
+        log_norm = torch.where(zero, -math.inf, norm.double().log2() + exponent.double())
+        tiny_below = log_norm.max() + TINY_TOKEN_LOG2
+        tiny = ~zero & (log_norm < tiny_below)
+        # divisor of a tiny token in y's units: 2**tiny_below / 2**exponent (may overflow: output 0)
+        bound = torch.pow(2.0, (tiny_below - exponent.double())).to(x.dtype)
+        fixed = torch.where(zero, torch.full_like(norm, math.inf), bound)
+    ordinary = ~(zero | tiny)
+    if bool(ordinary.all()):
+        return y / norm.expand_as(y)  # expanded like F.normalize: a faster division on the CPU
+    # The divisor is constant on zero and tiny tokens: no gradient through its unselected
+    # branch, and the norm's own gradient is 0 at a zero token, so no 0 · inf = NaN appears.
+    return y / torch.where(ordinary, norm, fixed).expand_as(y)
+
+
+def _scaled_tokens(x: torch.Tensor, features) -> tuple[torch.Tensor, int]:
+    """``(x · 2**k, k)`` for un-normalised tokens: the whole tensor scaled so that its largest
+    entry is in [0.5, 1), or ``(x, 0)`` when that entry is within ``2**±50`` already. One factor
+    for the whole batch keeps every distance ratio."""
+    with torch.no_grad():
+        amax = _abs_max(x)
+        _check_finite_amax(amax, features)
+        if not bool(amax > 0):
+            raise ValueError("all tokens are identical (every entry is 0): DSE is undefined for constant features")
+        k = -int(_power_of_two_exponent(amax))
+    if abs(k) <= SAFE_EXPONENT:
+        return x, 0
+    return _times_power_of_two(x, torch.tensor(k)), k
+
+
+def _merge_identical_centroids(centroids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Labels ``(P, M)`` with every cluster whose centroid coincides with that of a
+    lower-numbered cluster merged into the lowest such cluster; -1 stays -1.
+
+    k-means++ seeds duplicate centroids when a problem has fewer distinct tokens than clusters;
+    which duplicate is drawn differs between backends (the compiled seeding measures distances
+    with a GEMM, whose rounding leaves tiny non-zero weights on duplicates of chosen points),
+    and a float64 cluster mean of identical tokens can differ from them by the rounding of its
+    sum, so the tokens may move to an exact duplicate. "Coincide" is therefore: closer than that
+    rounding (``8 · M · eps(float64)`` times the largest centroid norm, ~1e-11 for 10⁴ tokens,
+    far below any distance DSE resolves). Merged, the partition is the same in every backend.
+    """
+    P, k, _ = centroids.shape
+    c = centroids.double()
+    tol = 8 * labels.shape[1] * torch.finfo(torch.float64).eps * c.norm(dim=-1).amax(dim=1)  # (P,)
+    canon = torch.arange(k, device=labels.device).repeat(P, 1)  # (P, k)
+    for j in range(1, k):
+        close = (c[:, :j] - c[:, j:j + 1]).norm(dim=-1) <= tol[:, None]  # (P, j), direct differences
+        first = close.to(torch.uint8).argmax(dim=1, keepdim=True)  # the lowest coinciding cluster
+        canon[:, j] = torch.where(close.any(dim=1), canon.gather(1, first)[:, 0], canon[:, j])
+    if bool((canon == torch.arange(k, device=labels.device)).all()):
+        return labels
+    merged = canon.gather(1, labels.clamp(min=0))
+    return torch.where(labels >= 0, merged, labels)
+
+
 def _check_clusters(k: int, name: str, tokens: int, where: str, minimum: int = 1) -> None:
     check_positive_int(k, name, minimum=minimum)
     if tokens < k:
@@ -123,17 +257,23 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
     """Dense representation Structure Estimator of patch features (DESIGN §2).
 
     Args:
-        features: ``(B, N, d)`` patch tokens (B images ≥ 2, N tokens per image, d channels);
-            float16/bfloat16 are computed in float32.
-        normalize: L2-normalize every token first.
+        features: ``(B, N, d)`` patch tokens (B images ≥ 2, N tokens per image, d channels), any
+            finite values at any scale; float16/bfloat16 are computed in float32.
+        normalize: L2-normalize every token first. All-zero tokens (dead or masked positions) stay
+            0 and get a zero gradient; tokens shorter than 2**-40 (~1e-12) times the batch's
+            longest token are divided by that bound instead of their norm (``F.normalize``'s
+            ``eps``, made relative), which keeps their gradient bounded.
         local_clusters: k-means clusters per image (k_l).
         global_clusters: k-means clusters per group of images (k_g ≥ 2).
         group_size: images per group for the global clustering (the last group may be smaller);
             ``None``: the whole batch is one group.
-        max_iters, tol: k-means stopping rule (see :func:`dse_ext.functional.kmeans`).
+        max_iters, tol: k-means stopping rule (see :func:`dse_ext.functional.kmeans`): a problem
+            stops once its centroid shift is ``<= tol``, in the units of the normalized tokens;
+            with ``normalize=False`` once it is ``<= tol · avg_l2`` (relative, so scale-free).
         m_dim: ``"per_position"`` (metric form: mean effective rank of N random one-token-per-image
             matrices) or ``"pooled"`` (effective rank of all B·N tokens, the regularizer's form).
-        seed: seeds k-means++ and the position permutations; torch's global RNG is untouched.
+        seed: an int in ``[0, 2**63)``; seeds k-means++ and the position permutations; torch's
+            global RNG is untouched.
         local_labels, global_labels: optional ``(B, N)`` integer labels in ``[0, k)`` replacing
             k-means (e.g. segmentation masks); centroids are then the label means.
         init: k-means++ sampling, ``"k-means++"`` (∝ D²) or ``"k-means++-linear"`` (∝ D).
@@ -142,14 +282,31 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
 
     Returns:
         :class:`DSEOutput` of 0-dim tensors. Distances are divided by ``avg_l2`` (mean distance
-        of a token to the batch mean), so every component is scale-free.
+        of a token to the batch mean), so every component is scale-free; ``avg_l2`` itself is in
+        the units of the normalized tokens, or of ``features`` when ``normalize=False``.
+
+    Scale: the tokens are brought to a safe range by exact powers of two (per token before the
+    normalization; for the whole tensor when ``normalize=False``), so ``dse(x * 2**s)`` equals
+    ``dse(x)`` (``avg_l2`` times ``2**s`` without normalization) also for tokens whose squares
+    would overflow or underflow, e.g. entries of 1e20 or 1e-30 in float32. Only an ``avg_l2``
+    that does not exist in the dtype (features near its largest value) is refused.
+
+    Clusters: a k-means cluster is a set of tokens, not a centroid. With fewer distinct tokens
+    than clusters (in an image, or a group of images) k-means++ seeds duplicate centroids.
+    Clusters whose centroids coincide (to the rounding of a mean, ~1e-11 of the token scale) are
+    merged into the lowest-numbered one, and empty clusters (so merged, or left empty by Lloyd's
+    iterations) are no clusters: they add no css and their centroids are not "other centroids"
+    for M_inter. Ties between equally near centroids go to the lowest index in every backend.
+    The same holds for ``global_labels``: a label that no token carries is not a cluster. A
+    group whose tokens are all identical has one cluster and no M_inter.
 
     Differentiable with respect to ``features`` (the regularizer's use, see
     :class:`dse_ext.DSERegularizer`): gradients flow through the normalization, ``avg_l2``, the
     css, the effective ranks and the distances; the clustering (k-means or the given labels) and
-    the centroids are constants.
+    the centroids are constants. Second-order gradients (double backward) through the compiled
+    ops are not supported and raise; first-order gradients with ``create_graph=True`` work.
     """
-    x = as_float_tensor(features, "features", check_finite=False)  # checked through avg_l2 below
+    x = as_float_tensor(features, "features", check_finite=False)  # checked through the token maxima below
     check_ndim(x, (3,), "features", "(B, N, d)")
     B, N, d = x.shape
     if B < 2:
@@ -166,23 +323,33 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
         local_labels = check_labels(local_labels, (B, N), local_clusters, x.device, "local_labels")
     if global_labels is not None:
         global_labels = check_labels(global_labels, (B, N), global_clusters, x.device, "global_labels")
+    seed = check_seed(seed)
     ops = _select_backend(backend, x.device)
     x = x.contiguous()  # a view and its copy give bit-identical results
 
+    # Tokens in a safe range (exact powers of two, see _unit_tokens / _scaled_tokens): every
+    # component below is scale-free, avg_l2 is reported in the input's units.
     if normalize:
-        x = F.normalize(x, dim=-1)
+        x = _unit_tokens(x, features)
+        units = 0  # unit tokens: avg_l2 is in the units of the normalised tokens
+    else:
+        x, units = _scaled_tokens(x, features)
     avg_l2 = _mean_distance_to_mean(x)
-    if not bool(torch.isfinite(avg_l2)):  # any NaN/Inf in the features reaches avg_l2
-        as_float_tensor(features, "features")  # raises with the count of bad values
-        raise ValueError("features are too large: their norms overflow; rescale them")
     scale = x.norm(dim=-1).mean()
     if not float(avg_l2.detach()) > 16 * torch.finfo(x.dtype).eps * float(scale.detach()):
-        raise ValueError("all tokens are identical: DSE is undefined for constant features")
-    kmeans_opts = dict(max_iters=max_iters, tol=tol, init=init)
+        raise ValueError(
+            "all tokens are identical" + (" after L2 normalisation (normalize=True: tokens that differ only in "
+                                          "length, or are all 0, become identical)" if normalize else "")
+            + ": DSE is undefined for constant features")
+    # tol: in the units of the unit tokens; without normalization relative to avg_l2, the one
+    # scale of the features that every component is divided by (so that DSE is scale-free).
+    kmeans_opts = dict(max_iters=max_iters, tol=tol if normalize else tol * float(avg_l2.detach()), init=init)
 
     # Local structure: clusters inside each image.
     if local_labels is None:
-        _, local_labels = ops.kmeans(x.detach(), local_clusters, seed=derive_seed(seed, "local"), **kmeans_opts)
+        centroids_l, local_labels = ops.kmeans(x.detach(), local_clusters, seed=derive_seed(seed, "local"),
+                                               **kmeans_opts)
+        local_labels = _merge_identical_centroids(centroids_l, local_labels)
     css_local, n_local = ops.centered_singular_sum(x, local_labels, local_clusters)
     ok_local = n_local >= 2
     if not bool(ok_local.any()):
@@ -196,20 +363,23 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
     if global_labels is None:
         centroids, labels_g = ops.kmeans(xg.detach(), global_clusters, counts=counts,
                                          seed=derive_seed(seed, "global"), **kmeans_opts)
-        present = None
+        labels_g = _merge_identical_centroids(centroids, labels_g)
     else:
         labels_g = _group_labels(global_labels, group_size)
-        centroids, present = _segment_means(xg.detach(), labels_g, global_clusters)
+        centroids, _ = _segment_means(xg.detach(), labels_g, global_clusters)
     css_global, n_global = ops.centered_singular_sum(xg, labels_g, global_clusters)
     if not bool((n_global >= 2).any()):
         raise ValueError("no global cluster has >= 2 tokens: M_intra_batch is undefined; lower global_clusters")
     m_intra_batch = _masked_mean(css_global, n_global >= 2) / avg_l2
 
+    # Empty clusters are not clusters: their (stale or duplicate) centroids are no "other centroid".
+    present = n_global > 0
     dist = ops.nearest_other_centroid_distance(xg, centroids, labels_g, present)
     per_group = _masked_mean(dist, labels_g >= 0, dim=1)
-    ok_group = (n_global > 0).sum(dim=1) >= 2
+    ok_group = present.sum(dim=1) >= 2
     if not bool(ok_group.any()):
-        raise ValueError("every group has a single non-empty cluster: M_inter is undefined for these labels")
+        raise ValueError("every group has a single non-empty cluster (all its tokens are identical, or the labels "
+                         "name one cluster): M_inter is undefined")
     m_inter = _masked_mean(per_group, ok_group) / avg_l2
 
     # Dimensionality.
@@ -222,6 +392,12 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
         m_dim_value = ops.effective_rank(x.reshape(B * N, d))
 
     m_intra = 0.5 * (m_intra_image + m_intra_batch)
+    if units:  # back to the input's units
+        avg_l2 = _times_power_of_two(avg_l2, torch.tensor(-units))
+        if not bool(torch.isfinite(avg_l2) & (avg_l2 > 0)):
+            raise ValueError(
+                f"avg_l2 of these features is not representable in {avg_l2.dtype} (the tokens are at the edge of its "
+                f"range, e.g. entries near {torch.finfo(avg_l2.dtype).max:.1e}); pass float64 features or rescale them")
     return DSEOutput(
         dse=m_inter - m_intra + m_dim_value,
         m_inter=m_inter,

@@ -64,7 +64,7 @@ def _kmeans_single(x, k, max_iters, tol, seed, stream, power):
 def kmeans(x, num_clusters: int, *, max_iters: int = 20, tol: float = 1e-4, seed: int = 0,
            init: str = "k-means++", counts=None):
     """Reference of :func:`dse_ext.functional.kmeans` (one problem at a time)."""
-    b, counts_t, code = kmeans_args(x, num_clusters, max_iters, tol, init, counts)
+    b, counts_t, code = kmeans_args(x, num_clusters, max_iters, tol, init, counts, seed)
     P, M, d = b.x.shape
     power = 2 if code == 0 else 1
     centroids = b.x.new_empty(P, num_clusters, d)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._rng import derive_seed
-from ._validation import as_float_tensor, check_positive_int
+from ._validation import as_float_tensor, check_positive_int, check_seed
 from .metric import M_DIM_MODES, DSEOutput, dse
 
 
@@ -26,7 +27,8 @@ class DSERegularizer(nn.Module):
         normalize, local_clusters, global_clusters, m_dim: as in :func:`dse_ext.dse`.
         group_size: images per group of the global clustering; ``None``: the whole batch.
         seed: ``None`` draws a new k-means seed every call from a step counter (reproducible
-            from run to run, different at every step); an ``int`` uses that seed at every call.
+            from run to run, different at every step); an ``int`` in ``[0, 2**63)`` uses that
+            seed at every call.
             torch's global RNG is never used.
         backend: as in :func:`dse_ext.dse` (``"auto"``, ``"ext"`` or ``"reference"``).
 
@@ -34,6 +36,11 @@ class DSERegularizer(nn.Module):
     in float32) and returns a float32 (float64 for float64 tokens) scalar. After each call
     ``last`` holds the detached :class:`dse_ext.DSEOutput` for logging, at no extra cost.
     Under DDP each rank regularizes its own batch (no gathering across ranks).
+
+    All-zero tokens (dead ReLU outputs, masked or padded positions) are allowed: with
+    ``normalize=True`` they get a zero gradient (see :func:`dse_ext.dse`). Second-order gradients
+    through the loss are not supported (they raise); ``create_graph=True`` for a first-order
+    gradient works.
     """
 
     def __init__(self, weight: float = 1e-3, normalize: bool = True, local_clusters: int = 3,
@@ -48,8 +55,8 @@ class DSERegularizer(nn.Module):
         check_positive_int(global_clusters, "global_clusters", minimum=2)
         if group_size is not None:
             check_positive_int(group_size, "group_size")
-        if seed is not None and not isinstance(seed, int):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        if seed is not None:
+            seed = check_seed(seed)
         self.weight, self.normalize, self.m_dim = float(weight), normalize, m_dim
         self.local_clusters, self.global_clusters, self.group_size, self.seed = (
             local_clusters, global_clusters, group_size, seed)
@@ -107,7 +114,12 @@ class DSARegularizer(nn.Module):
     Args:
         dim: D, the embedding size.
         eta: η, neighbours for the reliability score (clipped to B − 1).
-        mu: μ, reciprocal neighbours needed not to be an outlier.
+        mu: μ, reciprocal neighbours needed not to be an outlier; ``1 <= mu <= eta``, and a
+            batch needs ``B >= mu + 1`` samples (else ``r_i <= B − 1 < μ`` for every sample: all
+            outliers, no adjustment), which ``forward`` checks. When, in a valid setting, every
+            sample of a batch is still an outlier because of the data, ``forward`` warns
+            (``RuntimeWarning``, once per module): the adjustment term then has no gradient. That
+            takes tied distances (duplicate samples), see :meth:`reliability`.
         lambda1, lambda2: weights of the adjustment term and of the prior anchor.
         tau, tau_prior: temperatures τ and τ_p.
         hidden: width of the pairwise MLP (and of the projection feeding it).
@@ -120,6 +132,10 @@ class DSARegularizer(nn.Module):
         check_positive_int(eta, "eta")
         check_positive_int(mu, "mu")
         check_positive_int(hidden, "hidden")
+        if mu > eta:
+            raise ValueError(
+                f"mu = {mu} > eta = {eta}: a sample has at most eta reciprocal neighbours among its eta nearest, so "
+                f"every sample would be an outlier and the adjustment term would do nothing; choose mu <= eta")
         for name, value in (("tau", tau), ("tau_prior", tau_prior)):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
@@ -131,6 +147,7 @@ class DSARegularizer(nn.Module):
         self.project = nn.Linear(dim, hidden)
         self.pair_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.last: dict[str, torch.Tensor] = {}
+        self._warned_all_outliers = False
 
     def regulation(self, h: torch.Tensor) -> torch.Tensor:
         """M ``(B, B)`` in [0, 1] from embeddings ``h`` ``(B, D)``."""
@@ -139,12 +156,18 @@ class DSARegularizer(nn.Module):
         return torch.sigmoid(self.pair_mlp(pair).squeeze(-1))
 
     def reliability(self, prior: torch.Tensor) -> torch.Tensor:
-        """s ``(B,)`` in [0, 1] from reciprocal η-nearest neighbours in the prior space."""
+        """s ``(B,)`` in [0, 1] from reciprocal η-nearest neighbours in the prior space.
+
+        With distinct distances some sample is always reliable when μ ≤ η: the one whose η-th
+        neighbour is nearest is among the η nearest of each of its neighbours. Only tied
+        distances (duplicate samples; ties go to the lowest index) can make every sample an outlier.
+        """
         B = prior.shape[0]
         eta = min(self.eta, B - 1)
         dist = torch.cdist(prior, prior)
         dist.fill_diagonal_(math.inf)
-        knn = dist.topk(eta, dim=1, largest=False).indices  # (B, η)
+        # the η nearest; equal distances (duplicate samples) go to the lowest index, on every device
+        knn = dist.sort(dim=1, stable=True).indices[:, :eta]  # (B, η)
         is_nn = torch.zeros(B, B, dtype=torch.bool, device=prior.device)
         is_nn.scatter_(1, knn, True)
         reciprocal = (is_nn & is_nn.t()).sum(1).to(prior.dtype)
@@ -159,6 +182,11 @@ class DSARegularizer(nn.Module):
         B = z1.shape[0]
         if B < 2:
             raise ValueError(f"DSA needs at least 2 samples, got B = {B}")
+        if B - 1 < self.mu:
+            raise ValueError(
+                f"a batch of B = {B} samples is too small for mu = {self.mu}: eta is clipped to B - 1 = {B - 1} "
+                f"neighbours, fewer than the mu reciprocal neighbours a sample needs, so every sample would be an "
+                f"outlier; pass batches of at least mu + 1 = {self.mu + 1} samples or lower mu")
         u1, u2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
         h = (0.5 * (u1 + u2)).detach()
         if prior is None:
@@ -169,6 +197,14 @@ class DSARegularizer(nn.Module):
                 raise ValueError(f"prior must have shape (B={B}, D'), got {tuple(p.shape)}")
             p = F.normalize(p.detach().to(z1.dtype), dim=1)
         s = self.reliability(p)
+        if not getattr(self, "_warned_all_outliers", False) and not bool((s > 0).any()):
+            self._warned_all_outliers = True
+            warnings.warn(
+                f"DSARegularizer: every one of the {B} samples of this batch is an outlier (fewer than mu = {self.mu} "
+                f"reciprocal neighbours among its eta = {min(self.eta, B - 1)} nearest in the prior space, which takes "
+                f"tied distances, e.g. duplicate samples): the adjustment term is a constant without gradient for this "
+                f"batch; lower mu, or check the batch and the prior features for duplicates (warned once per module)",
+                RuntimeWarning, stacklevel=2)
         m = self.regulation(h.to(self.project.weight.dtype)).to(z1.dtype)
         target = torch.exp(-torch.cdist(p, p) / self.tau_prior)
         sign = 2.0 * m.detach() - 1.0  # M is trained by the anchor term only (see the class docstring)

@@ -274,7 +274,7 @@ class _Table:
         """Folds part files an interrupted distributed run left into the table (rank 0; all wait)."""
         distributed.barrier()  # every rank has read them
         parts = _parts(self.out)
-        if (parts or self.rescore and self.replaced) and distributed.rank() == 0 and parts:
+        if parts and distributed.rank() == 0:
             write_results(self.out, training_order(list(self.rows.values())))
             for part in parts:
                 part.unlink()
