@@ -25,8 +25,7 @@ import torch  # noqa: F401  (load torch's libraries before the compiled module)
 import importlib
 
 from . import baselines, checkpoints, features, functional, reference, results, scoring
-from ._autograd import DoubleBackwardError
-from ._ops import build_info, cuda_built, extension_available
+from ._ops import DoubleBackwardError, build_info, cuda_built, extension_available
 from .checkpoints import CheckpointError, load_weights
 from .crowding import CrowdingOutput, crowding
 from .features import FeatureExtractor, dense_features

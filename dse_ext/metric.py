@@ -350,7 +350,7 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
         centroids_l, local_labels = ops.kmeans(x.detach(), local_clusters, seed=derive_seed(seed, "local"),
                                                **kmeans_opts)
         local_labels = _merge_identical_centroids(centroids_l, local_labels)
-    css_local, n_local = ops.centered_singular_sum(x, local_labels, local_clusters)
+    css_local, n_local = ops.cluster_css(x, local_labels, local_clusters)
     ok_local = n_local >= 2
     if not bool(ok_local.any()):
         raise ValueError("no image has a local cluster of >= 2 tokens: M_intra_image is undefined; "
@@ -367,7 +367,7 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
     else:
         labels_g = _group_labels(global_labels, group_size)
         centroids, _ = _segment_means(xg.detach(), labels_g, global_clusters)
-    css_global, n_global = ops.centered_singular_sum(xg, labels_g, global_clusters)
+    css_global, n_global = ops.cluster_css(xg, labels_g, global_clusters)
     if not bool((n_global >= 2).any()):
         raise ValueError("no global cluster has >= 2 tokens: M_intra_batch is undefined; lower global_clusters")
     m_intra_batch = _masked_mean(css_global, n_global >= 2) / avg_l2

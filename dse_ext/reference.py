@@ -12,7 +12,10 @@ import math
 
 import torch
 
-from ._args import css_args, kmeans_args, nearest_other_args, rank_args
+from ._ops.cluster_css import prepare as css_args
+from ._ops.effective_rank import prepare as rank_args
+from ._ops.kmeans import prepare as kmeans_args
+from ._ops.nearest_other_centroid_distance import prepare as nearest_other_args
 from ._rng import uniform01
 
 
@@ -75,8 +78,8 @@ def kmeans(x, num_clusters: int, *, max_iters: int = 20, tol: float = 1e-4, seed
     return (centroids[0], labels[0]) if b.single else (centroids, labels)
 
 
-def centered_singular_sum(x, labels, num_clusters: int):
-    """Reference of :func:`dse_ext.functional.centered_singular_sum` (one SVD per cluster)."""
+def cluster_css(x, labels, num_clusters: int):
+    """Reference of :func:`dse_ext.functional.cluster_css` (one SVD per cluster)."""
     b, labels = css_args(x, labels, num_clusters)
     P, M, d = b.x.shape
     values = torch.zeros(P, num_clusters, dtype=torch.float64, device=b.x.device)
@@ -130,3 +133,12 @@ def nearest_other_centroid_distance(x, centroids, labels, valid=None):
         keep = (labels[p] >= 0) & torch.isfinite(best)
         out[p] = torch.where(keep, best, torch.zeros_like(best)).to(b.x.dtype)
     return out[0] if b.single else out
+
+
+def centered_singular_sum(x, labels, num_clusters: int):
+    """Deprecated name of :func:`cluster_css`."""
+    import warnings
+
+    warnings.warn("dse_ext.reference.centered_singular_sum is deprecated: use cluster_css (same arguments)",
+                  DeprecationWarning, stacklevel=2)
+    return cluster_css(x, labels, num_clusters)

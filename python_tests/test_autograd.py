@@ -18,7 +18,7 @@ def f64(gen, *shape):
 def test_css_gradcheck(gen, P, M, d, k):
     x = f64(gen, P, M, d)
     labels = torch.randint(-1, k, (P, M), generator=gen)  # -1: ignored points
-    assert gradcheck(lambda x: F.centered_singular_sum(x, labels, k)[0], (x,))
+    assert gradcheck(lambda x: F.cluster_css(x, labels, k)[0], (x,))
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 9), (2, 9, 5), (1, 4, 4)])
@@ -54,7 +54,7 @@ def test_gradients_match_reference(gen, dtype, rtol):
     labels = torch.randint(0, 3, (3, 40), generator=gen)
     c = torch.randn(3, 3, 8, generator=gen, dtype=dtype)
     for fn_ext, fn_ref, inputs in [
-        (lambda x: F.centered_singular_sum(x, labels, 3)[0], lambda x: R.centered_singular_sum(x, labels, 3)[0], (x,)),
+        (lambda x: F.cluster_css(x, labels, 3)[0], lambda x: R.cluster_css(x, labels, 3)[0], (x,)),
         (F.effective_rank, R.effective_rank, (x,)),
         (lambda x: F.effective_rank(x.transpose(1, 2)), lambda x: R.effective_rank(x.transpose(1, 2)), (x,)),
         (lambda x, c: F.nearest_other_centroid_distance(x, c, labels),
@@ -69,12 +69,12 @@ def test_css_backward_with_kept_basis(gen, d):
     # Large clusters: the forward keeps its Gram eigenbases and the backward reuses them.
     x = torch.randn(2, 300, d, generator=gen, dtype=torch.float64)
     labels = torch.randint(0, 2, (2, 300), generator=gen)
-    from dse_ext.functional import _keep_basis
+    from dse_ext._ops.cluster_css import keep_basis as _keep_basis
 
     assert _keep_basis(x.requires_grad_(True), 2)
-    (kept,) = grads(lambda x: F.centered_singular_sum(x, labels, 2)[0], x)
+    (kept,) = grads(lambda x: F.cluster_css(x, labels, 2)[0], x)
     (fresh,) = grads(lambda x: torch.ops.dse.cluster_css(x, labels, 2, False)[0], x)
-    (ref,) = grads(lambda x: R.centered_singular_sum(x, labels, 2)[0], x)
+    (ref,) = grads(lambda x: R.cluster_css(x, labels, 2)[0], x)
     torch.testing.assert_close(kept, fresh, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(kept, ref, rtol=1e-9, atol=1e-11)
 
@@ -82,7 +82,7 @@ def test_css_backward_with_kept_basis(gen, d):
 @pytest.mark.parametrize("shape", [(1, 300, 20), (2, 140, 150)])  # tall, and wide matrices of > 128 rows
 def test_effective_rank_backward_with_kept_basis(gen, shape):
     x = torch.randn(*shape, generator=gen, dtype=torch.float64)
-    from dse_ext.functional import _keep_rank_basis
+    from dse_ext._ops.effective_rank import keep_basis as _keep_rank_basis
 
     assert _keep_rank_basis(x.requires_grad_(True), *shape)
     (kept,) = grads(F.effective_rank, x)
@@ -98,7 +98,7 @@ def test_degenerate_spectra_give_finite_gradients(gen):
     # cluster 0: every point twice (rank-deficient); cluster 1: two identical points; cluster 2: empty
     x = torch.cat([base, base, torch.ones(2, 5, dtype=torch.float64)]).unsqueeze(0).requires_grad_(True)
     labels = torch.tensor([[0] * 12 + [1, 1]])
-    v, n = F.centered_singular_sum(x, labels, 3)
+    v, n = F.cluster_css(x, labels, 3)
     v.sum().backward()
     assert torch.isfinite(x.grad).all()
     assert torch.all(x.grad[0, 12:] == 0)  # two identical points: css = 0 and flat

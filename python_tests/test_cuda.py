@@ -194,7 +194,7 @@ def test_dse_on_cuda_matches_cpu(gen):
 
 
 def test_unvalidated_cuda_kernels_warn_once(monkeypatch):
-    from dse_ext import _ops
+    from dse_ext._ops import _library as _ops
 
     monkeypatch.setattr(_ops, "CUDA_VALIDATED", False)
     monkeypatch.setattr(_ops, "_warned_cuda", False)

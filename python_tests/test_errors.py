@@ -117,9 +117,9 @@ def test_functional_errors(mod):
     with pytest.raises(ValueError, match="too few points"):
         mod.kmeans(x, 2, counts=[20, 1, 20])
     with pytest.raises(ValueError, match=r"labels must take values in \[-1, 3\)"):
-        mod.centered_singular_sum(x, torch.full((3, 20), 3), 3)
+        mod.cluster_css(x, torch.full((3, 20), 3), 3)
     with pytest.raises(ValueError, match=r"labels must have shape \(3, 20\)"):
-        mod.centered_singular_sum(x, torch.zeros(3, 19, dtype=torch.long), 3)
+        mod.cluster_css(x, torch.zeros(3, 19, dtype=torch.long), 3)
     with pytest.raises(ValueError, match=r"\(\.\.\., m, d\)"):
         mod.effective_rank(torch.ones(5))
     with pytest.raises(ValueError, match=r"index must take values in \[0, 6\)"):

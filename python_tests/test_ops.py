@@ -26,8 +26,8 @@ def random_labels(gen, P, M, k, ignore=0.0):
 def test_css_matches_reference(gen, dtype, P, M, d, k):
     x = torch.randn(P, M, d, generator=gen, dtype=dtype)
     labels = random_labels(gen, P, M, k, ignore=0.1)
-    v, n = F.centered_singular_sum(x, labels, k)
-    rv, rn = R.centered_singular_sum(x, labels, k)
+    v, n = F.cluster_css(x, labels, k)
+    rv, rn = R.cluster_css(x, labels, k)
     assert v.dtype == dtype and n.dtype == torch.long
     assert torch.equal(n, rn)
     torch.testing.assert_close(v, rv, **TOL[dtype])
@@ -44,8 +44,8 @@ def test_css_adversarial_clusters(gen):
         torch.randn(30, 2, generator=gen, dtype=torch.float64) @ torch.randn(2, d, generator=gen, dtype=torch.float64),
     ])                                              # cluster 4: rank-2 data
     labels = torch.tensor([0] * 5 + [1] * 2 + [2] + [3] * 20 + [4] * 30)
-    v, n = F.centered_singular_sum(x, labels, 6)   # cluster 5 is empty
-    rv, rn = R.centered_singular_sum(x, labels, 6)
+    v, n = F.cluster_css(x, labels, 6)   # cluster 5 is empty
+    rv, rn = R.cluster_css(x, labels, 6)
     assert n.tolist() == [5, 2, 1, 20, 30, 0]
     assert v[0] < 1e-12 and v[2] == 0 and v[5] == 0  # identical points: rounding level only
     # two points: one singular value |x1 - x2| / sqrt(2)
@@ -58,16 +58,16 @@ def test_css_tall_clusters_use_the_other_gram(gen):
     # n - 1 > d exercises the d x d Gram side.
     x = torch.randn(2, 500, 6, generator=gen, dtype=torch.float64)
     labels = random_labels(gen, 2, 500, 2)
-    torch.testing.assert_close(F.centered_singular_sum(x, labels, 2)[0], R.centered_singular_sum(x, labels, 2)[0],
+    torch.testing.assert_close(F.cluster_css(x, labels, 2)[0], R.cluster_css(x, labels, 2)[0],
                                rtol=1e-10, atol=0)
 
 
 def test_css_single_problem_and_scale(gen):
     x = torch.randn(30, 5, generator=gen, dtype=torch.float64)
     labels = random_labels(gen, 1, 30, 3)[0]
-    v, n = F.centered_singular_sum(x, labels, 3)
+    v, n = F.cluster_css(x, labels, 3)
     assert v.shape == (3,) and n.shape == (3,)
-    v2, _ = F.centered_singular_sum(4.0 * x + 7.0, labels, 3)  # translation-free, 1-homogeneous
+    v2, _ = F.cluster_css(4.0 * x + 7.0, labels, 3)  # translation-free, 1-homogeneous
     torch.testing.assert_close(v2, 4.0 * v, rtol=1e-10, atol=1e-12)
 
 
@@ -150,7 +150,7 @@ def test_strided_views_give_the_same_results(gen):
     xc = x.contiguous()
     labels = random_labels(gen, 2, 25, 3)
     assert not x.is_contiguous()
-    torch.testing.assert_close(F.centered_singular_sum(x, labels, 3)[0], F.centered_singular_sum(xc, labels, 3)[0],
+    torch.testing.assert_close(F.cluster_css(x, labels, 3)[0], F.cluster_css(xc, labels, 3)[0],
                                rtol=0, atol=0)
     torch.testing.assert_close(F.effective_rank(x), F.effective_rank(xc), rtol=0, atol=0)
     xt = big[0].t()                             # transposed (24, 50)

@@ -1,0 +1,55 @@
+"""The compiled module: loading it, what it was built with, and the CUDA validation flag."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+try:  # torch must be imported first: the module relies on torch's shared libraries.
+    from .. import _C  # noqa: F401
+
+    IMPORT_ERROR: Exception | None = None
+except ImportError as exc:  # pragma: no cover - exercised only without a build
+    _C = None
+    IMPORT_ERROR = exc
+
+
+def extension_available() -> bool:
+    """True when the compiled operators are loaded."""
+    return _C is not None
+
+
+def cuda_built() -> bool:
+    """True when the compiled operators include CUDA kernels."""
+    return _C is not None and bool(_C.with_cuda)
+
+
+def build_info() -> dict:
+    """How the compiled operators were built and which CPU paths they take on this machine."""
+    if _C is None:
+        return {"extension": False, "error": str(IMPORT_ERROR)}
+    return {"extension": True, "version": _C.__version__, "cuda": bool(_C.with_cuda),
+            "cuda_batched_syev": bool(_C.cuda_batched_syev),
+            "direct_lapack": bool(_C.direct_lapack), "cpu_simd": str(_C.cpu_simd)}
+
+
+# The CUDA kernels are compiled, linked and tested against the CPU kernels by the device ×
+# dtype test table (python_tests/test_op_table.py), but that suite has not run on a GPU yet.
+# Set to True once a GPU run of it passes (and bench/RESULTS.md records it).
+CUDA_VALIDATED = False
+_warned_cuda = False
+
+
+def warn_if_unvalidated(device: torch.device) -> None:
+    """Warn once per process when the not yet validated CUDA kernels are about to run."""
+    global _warned_cuda
+    if device.type == "cuda" and not CUDA_VALIDATED and not _warned_cuda:
+        _warned_cuda = True
+        warnings.warn(
+            "dse_ext: the CUDA kernels have not been validated on a GPU yet; run "
+            "`pytest python_tests/test_op_table.py` on this machine, or use backend='reference' "
+            "(or CPU tensors) for results you can trust",
+            RuntimeWarning,
+            stacklevel=4,
+        )
