@@ -125,38 +125,7 @@ def test_kmeans_is_not_differentiable(gen):
     assert not c.requires_grad and labels.dtype == torch.long
 
 
-# ------------------------------------------------------------------ opcheck and compile
-def autograd_samples():
-    g = torch.Generator().manual_seed(1)
-    for dtype in (torch.float32, torch.float64):
-        x = torch.randn(3, 24, 5, generator=g, dtype=dtype, requires_grad=True)
-        labels = torch.randint(-1, 4, (3, 24), generator=g)
-        c = torch.randn(3, 4, 5, generator=g, dtype=dtype, requires_grad=True)
-        table = torch.randn(40, 5, generator=g, dtype=dtype, requires_grad=True)
-        yield "cluster_css", (x, labels, 4)
-        yield "cluster_css", (x, labels, 4, True)
-        yield "effective_rank", (x,)
-        yield "effective_rank", (x, None, True)
-        yield "effective_rank", (table, torch.randint(0, 40, (6, 4), generator=g))
-        yield "nearest_other_centroid_distance", (x, c, labels, None)
-        grad = torch.randn(3, 4, generator=g, dtype=dtype)
-        yield "cluster_css_backward", (grad, x.detach(), labels, 4)
-        _, _, eig, vec = torch.ops.dse.cluster_css(x.detach(), labels, 4, True)
-        yield "cluster_css_backward", (grad, x.detach(), labels, 4, eig, vec)
-        yield "effective_rank_backward", (torch.randn(3, generator=g, dtype=dtype), x.detach(), None)
-        _, eig, vec = torch.ops.dse.effective_rank(x.detach(), None, True)
-        yield "effective_rank_backward", (torch.randn(3, generator=g, dtype=dtype), x.detach(), None, eig, vec)
-        yield "nearest_other_centroid_distance_backward", (torch.randn(3, 24, generator=g, dtype=dtype),
-                                                           x.detach(), c.detach(), labels, None)
-
-
-@pytest.mark.parametrize("name,args", list(autograd_samples()), ids=lambda v: v if isinstance(v, str) else "")
-def test_opcheck_with_autograd(name, args):
-    torch.library.opcheck(getattr(torch.ops.dse, name).default, args,
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor",
-                                      "test_aot_dispatch_dynamic"))
-
-
+# ------------------------------------------------------------------ compile (opcheck: test_op_table.py)
 def test_compile_matches_eager_forward_and_backward(gen):
     x0 = torch.randn(4, 16, 8, generator=gen)
     labels = torch.randint(0, 3, (4, 16), generator=gen)

@@ -24,7 +24,7 @@ def prepare(x, centroids, labels, valid):
     b = batch_points(x)
     P, M, d = b.x.shape
     centroids = as_float_tensor(centroids, "centroids")
-    if centroids.dim() != b.x.dim():
+    if centroids.dim() != (2 if b.single else 3):
         raise ValueError(f"centroids must have shape {'(k, d)' if b.single else '(P, k, d)'}, got {tuple(centroids.shape)}")
     c = centroids.unsqueeze(0) if b.single else centroids
     if c.shape[0] != P or c.shape[2] != d:
