@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from types import ModuleType
 from typing import NamedTuple
 
 import torch
 
-from . import _ops, functional, reference
+from . import _ops, reference
+from ._ops.kmeans import check_options as check_kmeans_options
 from ._rng import derive_seed
 from ._validation import as_float_tensor, check_labels, check_ndim, check_positive_int, check_seed
 
@@ -37,15 +37,18 @@ class DSEOutput(NamedTuple):
         return {name: float(value) for name, value in self._asdict().items()}
 
 
-def _select_backend(backend: str, device: torch.device) -> ModuleType:
+def _select_backend(backend: str, device: torch.device):
+    """The op namespace dse() calls: the compiled ops without their argument checks (dse() checks
+    its own input, and builds every other argument itself), or the reference."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "reference":
         return reference
     if _ops.has_kernel(device):
-        return functional
+        _ops.warn_if_unvalidated(device)
+        return _ops.UNCHECKED
     if backend == "ext":
-        functional._require_kernel(torch.empty(0, device=device))  # raises with the reason
+        _ops.require_kernel(torch.empty(0, device=device))  # raises with the reason
     warnings.warn(
         f"dse_ext: no compiled kernels for {device.type} tensors; using the (slow) reference backend",
         RuntimeWarning,
@@ -61,9 +64,9 @@ def _group(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor
     pad = P * group_size - B
     if pad:
         x = torch.cat([x, x.new_zeros(pad, N, d)])
-    images = torch.full((P,), group_size, dtype=torch.long)
-    images[-1] = B - (P - 1) * group_size
-    return x.reshape(P, group_size * N, d), images * N
+    counts = torch.full((P,), group_size * N, dtype=torch.long, device=x.device)
+    counts[-1] = (B - (P - 1) * group_size) * N  # a fill on the device: no host synchronisation
+    return x.reshape(P, group_size * N, d), counts
 
 
 def _group_labels(labels: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -129,18 +132,26 @@ def _power_of_two_exponent(amax: torch.Tensor) -> torch.Tensor:
     return torch.where(amax > 0, exponent.long(), torch.zeros_like(exponent, dtype=torch.long))
 
 
+def _host_reads_are_free(device: torch.device) -> bool:
+    """Whether reading a tensor's value on the host costs no synchronisation (CPU tensors)."""
+    return device.type == "cpu"
+
+
 def _times_power_of_two(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """``x · 2**k`` for integer exponents ``k`` broadcast against x (differentiable in x, exact).
 
-    The factor is applied in two halves when one factor would leave the dtype's range (2**149
-    does not exist in float32; rescaling a subnormal token needs it).
+    The factor is applied in two halves, so that neither leaves the dtype's range (2**149 does
+    not exist in float32; rescaling a subnormal token needs it). On the CPU, where reading ``k``
+    costs nothing, the passes that change nothing are skipped; elsewhere it would cost a host
+    synchronisation, so both halves are always applied (each exact).
     """
-    limit = math.frexp(torch.finfo(x.dtype).max)[1] - 2  # 126 for float32, 1022 for float64
-    largest = int(k.abs().max())
-    if largest == 0:
-        return x
-    if largest <= limit:
-        return x * torch.pow(2.0, k.to(x.dtype))
+    if _host_reads_are_free(x.device):
+        limit = math.frexp(torch.finfo(x.dtype).max)[1] - 2  # 126 for float32, 1022 for float64
+        largest = int(k.abs().max())
+        if largest == 0:
+            return x
+        if largest <= limit:
+            return x * torch.pow(2.0, k.to(x.dtype))
     half = torch.div(k, 2, rounding_mode="floor")
     return x * torch.pow(2.0, half.to(x.dtype)) * torch.pow(2.0, (k - half).to(x.dtype))
 
@@ -153,14 +164,16 @@ def _abs_max(x: torch.Tensor, dim=None) -> torch.Tensor:
     return torch.maximum(x.amax(dim=dim, keepdim=True), x.amin(dim=dim, keepdim=True).neg())
 
 
-def _check_finite_amax(amax: torch.Tensor, features) -> None:
-    if not bool(torch.isfinite(amax).all()):  # NaN and Inf reach the max of their token
-        as_float_tensor(features, "features")  # raises with the count of bad values
-        raise ValueError("features contain NaN/Inf values; DSE is undefined for non-finite features")
+def _safe_exponent(amax: torch.Tensor) -> torch.Tensor:
+    """The exponent that brings ``amax`` into [0.5, 1), or 0 where it is within ``2**±50``
+    already (its squares neither overflow nor underflow: scaling it would change no bit)."""
+    exponent = _power_of_two_exponent(amax)
+    return torch.where(exponent.abs() <= SAFE_EXPONENT, torch.zeros_like(exponent), exponent)
 
 
-def _unit_tokens(x: torch.Tensor, features) -> torch.Tensor:
-    """L2-normalised tokens ``(B, N, d)``, at any scale, with bounded gradients.
+def _unit_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised tokens ``(B, N, d)``, at any scale, with bounded gradients, and whether the
+    input was finite (a 0-dim bool tensor, read by the caller with its other checks).
 
     - Ordinary tokens: ``x / ‖x‖``. When a token's largest entry is beyond ``2**±50``, on
       ``x · 2**-e`` (e: the exponent of that entry), so no square overflows or underflows
@@ -172,17 +185,15 @@ def _unit_tokens(x: torch.Tensor, features) -> torch.Tensor:
       absolute ``eps=1e-12``, but relative to R so the result does not depend on the units.
       Their output is shorter than 1 and their gradient is bounded by ``2**40 / R`` × the
       upstream gradient.
+
+    No host synchronisation off the CPU.
     """
     with torch.no_grad():
         amax = _abs_max(x, dim=-1)  # (B, N, 1)
-        _check_finite_amax(amax, features)
+        finite = torch.isfinite(amax).all()  # NaN and Inf reach the max of their token
         zero = amax == 0
-        exponent = _power_of_two_exponent(amax)
-    if bool((exponent.abs() <= SAFE_EXPONENT).all()):
-        # no square over- or underflows: scaling would change no bit of the result (the norm and
-        # the division scale exactly), so skip the pass
-        exponent = torch.zeros_like(exponent)
-    y = _times_power_of_two(x, -exponent)  # if scaled: every non-zero token's largest entry in [0.5, 1)
+        exponent = _safe_exponent(amax)
+    y = _times_power_of_two(x, -exponent)  # a scaled token's largest entry is in [0.5, 1)
     norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)  # finite; > 0 except for zero tokens
     with torch.no_grad():
         # log2 of every token's true norm, in float64 (the true norm itself may not exist in x's dtype)
@@ -192,27 +203,28 @@ def _unit_tokens(x: torch.Tensor, features) -> torch.Tensor:
         # divisor of a tiny token in y's units: 2**tiny_below / 2**exponent (may overflow: output 0)
         bound = torch.pow(2.0, (tiny_below - exponent.double())).to(x.dtype)
         fixed = torch.where(zero, torch.full_like(norm, math.inf), bound)
-    ordinary = ~(zero | tiny)
-    if bool(ordinary.all()):
-        return y / norm.expand_as(y)  # expanded like F.normalize: a faster division on the CPU
+        ordinary = ~(zero | tiny)
+    if _host_reads_are_free(x.device) and bool(ordinary.all()):
+        return y / norm.expand_as(y), finite  # expanded like F.normalize: a faster division on the CPU
     # The divisor is constant on zero and tiny tokens: no gradient through its unselected
     # branch, and the norm's own gradient is 0 at a zero token, so no 0 · inf = NaN appears.
-    return y / torch.where(ordinary, norm, fixed).expand_as(y)
+    return y / torch.where(ordinary, norm, fixed).expand_as(y), finite
 
 
-def _scaled_tokens(x: torch.Tensor, features) -> tuple[torch.Tensor, int]:
-    """``(x · 2**k, k)`` for un-normalised tokens: the whole tensor scaled so that its largest
-    entry is in [0.5, 1), or ``(x, 0)`` when that entry is within ``2**±50`` already. One factor
-    for the whole batch keeps every distance ratio."""
+def _scaled_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x · 2**k, k, finite, nonzero)`` for un-normalised tokens: the whole tensor scaled so that
+    its largest entry is in [0.5, 1) (k = 0 when that entry is within ``2**±50`` already); one
+    factor for the whole batch keeps every distance ratio. ``finite`` and ``nonzero`` (0-dim
+    bool tensors) are read by the caller with its other checks: no host synchronisation here."""
     with torch.no_grad():
         amax = _abs_max(x)
-        _check_finite_amax(amax, features)
-        if not bool(amax > 0):
-            raise ValueError("all tokens are identical (every entry is 0): DSE is undefined for constant features")
-        k = -int(_power_of_two_exponent(amax))
-    if abs(k) <= SAFE_EXPONENT:
-        return x, 0
-    return _times_power_of_two(x, torch.tensor(k)), k
+        k = -_safe_exponent(amax)
+    return _times_power_of_two(x, k), k, torch.isfinite(amax), amax > 0
+
+
+def _host_read(*values: torch.Tensor) -> list[float]:
+    """0-dim tensors as Python floats, with one host synchronisation for all of them."""
+    return torch.stack([v.detach().to(torch.float64).reshape(()) for v in values]).tolist()
 
 
 def _merge_identical_centroids(centroids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -235,8 +247,8 @@ def _merge_identical_centroids(centroids: torch.Tensor, labels: torch.Tensor) ->
         close = (c[:, :j] - c[:, j:j + 1]).norm(dim=-1) <= tol[:, None]  # (P, j), direct differences
         first = close.to(torch.uint8).argmax(dim=1, keepdim=True)  # the lowest coinciding cluster
         canon[:, j] = torch.where(close.any(dim=1), canon.gather(1, first)[:, 0], canon[:, j])
-    if bool((canon == torch.arange(k, device=labels.device)).all()):
-        return labels
+    if _host_reads_are_free(labels.device) and bool((canon == torch.arange(k)).all()):
+        return labels  # nothing merged (reading that elsewhere would cost a host synchronisation)
     merged = canon.gather(1, labels.clamp(min=0))
     return torch.where(labels >= 0, merged, labels)
 
@@ -324,26 +336,36 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
     if global_labels is not None:
         global_labels = check_labels(global_labels, (B, N), global_clusters, x.device, "global_labels")
     seed = check_seed(seed)
+    check_kmeans_options(max_iters, tol, init)
     ops = _select_backend(backend, x.device)
     x = x.contiguous()  # a view and its copy give bit-identical results
 
     # Tokens in a safe range (exact powers of two, see _unit_tokens / _scaled_tokens): every
     # component below is scale-free, avg_l2 is reported in the input's units.
+    # Host synchronisations: two in all (what CUDA training steps pay for), one here to check the
+    # input before any kernel sees it, one at the end for the checks of the clusterings.
+    units = None  # exponent k of the scaling x · 2**k without normalization
     if normalize:
-        x = _unit_tokens(x, features)
-        units = 0  # unit tokens: avg_l2 is in the units of the normalised tokens
+        x, finite = _unit_tokens(x)
+        nonzero = finite  # zero tokens are allowed (they stay 0); all-zero input is "identical" below
     else:
-        x, units = _scaled_tokens(x, features)
+        x, units, finite, nonzero = _scaled_tokens(x)
     avg_l2 = _mean_distance_to_mean(x)
     scale = x.norm(dim=-1).mean()
-    if not float(avg_l2.detach()) > 16 * torch.finfo(x.dtype).eps * float(scale.detach()):
+    finite_ok, nonzero_ok, avg_value, scale_value = _host_read(finite, nonzero, avg_l2, scale)
+    if not finite_ok:
+        as_float_tensor(features, "features")  # raises with the count of bad values
+        raise ValueError("features contain NaN/Inf values; DSE is undefined for non-finite features")
+    if not nonzero_ok:
+        raise ValueError("all tokens are identical (every entry is 0): DSE is undefined for constant features")
+    if not avg_value > 16 * torch.finfo(x.dtype).eps * scale_value:
         raise ValueError(
             "all tokens are identical" + (" after L2 normalisation (normalize=True: tokens that differ only in "
                                           "length, or are all 0, become identical)" if normalize else "")
             + ": DSE is undefined for constant features")
     # tol: in the units of the unit tokens; without normalization relative to avg_l2, the one
     # scale of the features that every component is divided by (so that DSE is scale-free).
-    kmeans_opts = dict(max_iters=max_iters, tol=tol if normalize else tol * float(avg_l2.detach()), init=init)
+    kmeans_opts = dict(max_iters=max_iters, tol=tol if normalize else tol * avg_value, init=init)
 
     # Local structure: clusters inside each image.
     if local_labels is None:
@@ -352,9 +374,6 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
         local_labels = _merge_identical_centroids(centroids_l, local_labels)
     css_local, n_local = ops.cluster_css(x, local_labels, local_clusters)
     ok_local = n_local >= 2
-    if not bool(ok_local.any()):
-        raise ValueError("no image has a local cluster of >= 2 tokens: M_intra_image is undefined; "
-                         "lower local_clusters or pass more tokens per image")
     per_image = _masked_mean(css_local, ok_local, dim=1)
     m_intra_image = _masked_mean(per_image, ok_local.any(dim=1)) / avg_l2
 
@@ -368,8 +387,6 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
         labels_g = _group_labels(global_labels, group_size)
         centroids, _ = _segment_means(xg.detach(), labels_g, global_clusters)
     css_global, n_global = ops.cluster_css(xg, labels_g, global_clusters)
-    if not bool((n_global >= 2).any()):
-        raise ValueError("no global cluster has >= 2 tokens: M_intra_batch is undefined; lower global_clusters")
     m_intra_batch = _masked_mean(css_global, n_global >= 2) / avg_l2
 
     # Empty clusters are not clusters: their (stale or duplicate) centroids are no "other centroid".
@@ -377,27 +394,38 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
     dist = ops.nearest_other_centroid_distance(xg, centroids, labels_g, present)
     per_group = _masked_mean(dist, labels_g >= 0, dim=1)
     ok_group = present.sum(dim=1) >= 2
-    if not bool(ok_group.any()):
-        raise ValueError("every group has a single non-empty cluster (all its tokens are identical, or the labels "
-                         "name one cluster): M_inter is undefined")
     m_inter = _masked_mean(per_group, ok_group) / avg_l2
 
     # Dimensionality.
     if m_dim == "per_position":
         gen = torch.Generator().manual_seed(derive_seed(seed, "positions"))
-        perm = torch.rand(B, N, generator=gen).argsort(dim=1).to(x.device)  # π_b, one per image
+        perm = torch.rand(B, N, generator=gen).argsort(dim=1)  # π_b, one per image, the same on every device
+        if x.device.type == "cuda":  # an asynchronous copy (a pageable one would synchronise)
+            perm = perm.pin_memory().to(x.device, non_blocking=True)
+        else:
+            perm = perm.to(x.device)
         rows = (perm + N * torch.arange(B, device=x.device)[:, None]).t()  # (N, B): S_n = x[b, π_b(n)]
         m_dim_value = ops.effective_rank(x.reshape(B * N, d), index=rows).mean()
     else:
         m_dim_value = ops.effective_rank(x.reshape(B * N, d))
 
     m_intra = 0.5 * (m_intra_image + m_intra_batch)
-    if units:  # back to the input's units
-        avg_l2 = _times_power_of_two(avg_l2, torch.tensor(-units))
-        if not bool(torch.isfinite(avg_l2) & (avg_l2 > 0)):
-            raise ValueError(
-                f"avg_l2 of these features is not representable in {avg_l2.dtype} (the tokens are at the edge of its "
-                f"range, e.g. entries near {torch.finfo(avg_l2.dtype).max:.1e}); pass float64 features or rescale them")
+    if units is not None:  # back to the input's units
+        avg_l2 = _times_power_of_two(avg_l2, -units)
+    local_ok, batch_ok, inter_ok, avg_ok = _host_read(
+        ok_local.any(), (n_global >= 2).any(), ok_group.any(), torch.isfinite(avg_l2) & (avg_l2 > 0))
+    if not local_ok:
+        raise ValueError("no image has a local cluster of >= 2 tokens: M_intra_image is undefined; "
+                         "lower local_clusters or pass more tokens per image")
+    if not batch_ok:
+        raise ValueError("no global cluster has >= 2 tokens: M_intra_batch is undefined; lower global_clusters")
+    if not inter_ok:
+        raise ValueError("every group has a single non-empty cluster (all its tokens are identical, or the labels "
+                         "name one cluster): M_inter is undefined")
+    if not avg_ok:
+        raise ValueError(
+            f"avg_l2 of these features is not representable in {avg_l2.dtype} (the tokens are at the edge of its "
+            f"range, e.g. entries near {torch.finfo(avg_l2.dtype).max:.1e}); pass float64 features or rescale them")
     return DSEOutput(
         dse=m_inter - m_intra + m_dim_value,
         m_inter=m_inter,

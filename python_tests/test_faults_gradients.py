@@ -77,7 +77,7 @@ def test_normalization_unchanged_without_zero_rows(gen):
 
 def test_zero_rows_leave_the_normalized_tokens_alone(gen):
     x, dead = with_zero_rows(gen, dtype=torch.float64)
-    u = dse_ext.metric._unit_tokens(x, x)
+    u, _ = dse_ext.metric._unit_tokens(x)
     assert torch.all(u[dead] == 0)
     torch.testing.assert_close(u[~dead], NF.normalize(x[~dead], dim=-1), rtol=1e-15, atol=0)
 
@@ -87,7 +87,7 @@ def test_tiny_tokens_get_bounded_gradients(gen):
     x[1, 2] *= 1e-25  # far below 2**-40 of the largest token: divided by the bound, not its norm
     x[2, 5] *= 1e-8  # small but ordinary: normalised to length 1
     x.requires_grad_(True)
-    u = dse_ext.metric._unit_tokens(x, x)
+    u, _ = dse_ext.metric._unit_tokens(x)
     torch.testing.assert_close(u[2, 5].norm(), torch.tensor(1.0))
     assert float(u[1, 2].detach().norm()) < 1e-6
     dse_ext.dse(x, global_clusters=4).dse.backward()

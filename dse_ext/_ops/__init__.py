@@ -16,6 +16,8 @@ Autograd formulas are first-order only: a second-order gradient through a dse op
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from . import _library
@@ -28,8 +30,13 @@ MODULES = (kmeans, cluster_css, effective_rank, nearest_other_centroid_distance)
 OPS: tuple[OpSpec, ...] = tuple(module.SPEC for module in MODULES)
 OP_NAMES: tuple[str, ...] = tuple(name for spec in OPS for name in spec.names)
 
-__all__ = ["OPS", "OP_NAMES", "MODULES", "OpSpec", "DoubleBackwardError", "extension_available", "cuda_built",
+__all__ = ["OPS", "OP_NAMES", "MODULES", "UNCHECKED", "OpSpec", "DoubleBackwardError", "extension_available", "cuda_built",
            "build_info", "has_kernel", "require_kernel", "warn_if_unvalidated", "IMPORT_ERROR"]
+
+
+# The ops without their argument checks, for callers that built the arguments themselves
+# (dse_ext.dse): same signatures as dse_ext.reference, batched (P, ...) arguments only.
+UNCHECKED = SimpleNamespace(**{module.SPEC.name: module.unchecked for module in MODULES})
 
 
 def has_kernel(device: torch.device) -> bool:

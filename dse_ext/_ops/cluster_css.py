@@ -64,8 +64,14 @@ def cluster_css(x, labels, num_clusters: int):
     """
     b, labels = prepare(x, labels, num_clusters)
     require_kernel(b.x)
-    values, counts, _, _ = torch.ops.dse.cluster_css(b.x, labels, num_clusters, keep_basis(b.x, num_clusters))
+    values, counts = unchecked(b.x, labels, num_clusters)
     return (values[0], counts[0]) if b.single else (values, counts)
+
+
+def unchecked(x, labels, num_clusters: int):
+    """:func:`cluster_css` on ``(P, M, d)`` points and ``(P, M)`` int64 labels already checked by
+    the caller: no validation, no host synchronisation."""
+    return torch.ops.dse.cluster_css(x, labels, num_clusters, keep_basis(x, num_clusters))[:2]
 
 
 def _setup_context(ctx, inputs, output):

@@ -60,6 +60,12 @@ def effective_rank(x, index=None):
     """
     x, index = prepare(x, index)
     require_kernel(x)
+    return unchecked(x, index)
+
+
+def unchecked(x, index=None):
+    """:func:`effective_rank` on arguments already checked by the caller: no validation, no host
+    synchronisation."""
     if index is not None:
         rows = index.reshape(-1, index.shape[-1])
         keep = keep_basis(x, rows.shape[0], rows.shape[1], x.shape[1])

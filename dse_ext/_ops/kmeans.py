@@ -17,17 +17,22 @@ SPEC = OpSpec("kmeans")
 INIT_CODES = {"k-means++": 0, "k-means++-linear": 1}
 
 
+def check_options(max_iters, tol, init) -> None:
+    """The stopping rule and the seeding, checked (shared with :func:`dse_ext.dse`)."""
+    check_positive_int(max_iters, "max_iters", minimum=0)
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0:
+        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    if init not in INIT_CODES:
+        raise ValueError(f"init must be one of {sorted(INIT_CODES)}, got {init!r}")
+
+
 def prepare(x, num_clusters, max_iters, tol, init, counts, seed=0):
     """Checked arguments: ``(batched points, counts (P,) int64 on x's device, init code)``."""
     b = batch_points(x)
     check_seed(seed)
     P, M, _ = b.x.shape
     check_positive_int(num_clusters, "num_clusters")
-    check_positive_int(max_iters, "max_iters", minimum=0)
-    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0:
-        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
-    if init not in INIT_CODES:
-        raise ValueError(f"init must be one of {sorted(INIT_CODES)}, got {init!r}")
+    check_options(max_iters, tol, init)
     if counts is None:
         counts_t = torch.full((P,), M, dtype=torch.long)
     else:
@@ -79,6 +84,15 @@ def kmeans(x, num_clusters: int, *, max_iters: int = 20, tol: float = 1e-4, seed
     require_kernel(b.x)
     c, labels, _ = torch.ops.dse.kmeans(b.x, counts_t, num_clusters, max_iters, float(tol), int(seed), code)
     return (c[0], labels[0]) if b.single else (c, labels)
+
+
+def unchecked(x, num_clusters: int, *, max_iters: int = 20, tol: float = 1e-4, seed: int = 0,
+              init: str = "k-means++", counts=None):
+    """:func:`kmeans` on ``(P, M, d)`` points already checked by the caller (``counts``: a
+    ``(P,)`` int64 tensor on x's device, or None): no validation, no host synchronisation."""
+    if counts is None:
+        counts = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+    return torch.ops.dse.kmeans(x, counts, num_clusters, max_iters, float(tol), int(seed), INIT_CODES[init])[:2]
 
 
 def register() -> None:

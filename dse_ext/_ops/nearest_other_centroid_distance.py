@@ -55,8 +55,15 @@ def nearest_other_centroid_distance(x, centroids, labels, valid=None):
     """
     b, c, labels, valid = prepare(x, centroids, labels, valid)
     require_kernel(b.x)
-    out = torch.ops.dse.nearest_other_centroid_distance(b.x, c, labels, valid)
+    out = unchecked(b.x, c, labels, valid)
     return out[0] if b.single else out
+
+
+def unchecked(x, centroids, labels, valid=None):
+    """:func:`nearest_other_centroid_distance` on ``(P, M, d)``, ``(P, k, d)``, ``(P, M)`` int64
+    and ``(P, k)`` bool arguments already checked by the caller: no validation, no host
+    synchronisation."""
+    return torch.ops.dse.nearest_other_centroid_distance(x, centroids, labels, valid)
 
 
 def _setup_context(ctx, inputs, output):
