@@ -266,7 +266,7 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
         group_size: int | None = 8, max_iters: int = 20, tol: float = 1e-4, m_dim: str = "per_position",
         seed: int = 0, local_labels=None, global_labels=None, init: str = "k-means++",
         backend: str = "auto") -> DSEOutput:
-    """Dense representation Structure Estimator of patch features (DESIGN §2).
+    """Dense representation Structure Estimator of patch features (definitions: README, "The metric").
 
     Args:
         features: ``(B, N, d)`` patch tokens (B images ≥ 2, N tokens per image, d channels), any

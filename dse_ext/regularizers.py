@@ -17,7 +17,7 @@ from .metric import M_DIM_MODES, DSEOutput, dse
 class DSERegularizer(nn.Module):
     """``loss = −weight · DSE(tokens)``: add it to the SSL loss to counter dense degradation.
 
-    DSE is the official form ``m_inter − m_intra + m_dim`` (DESIGN §2) with, by default, the
+    DSE is the official form ``m_inter − m_intra + m_dim`` (README, "The metric") with, by default, the
     pooled M_dim and the whole batch as one group for the global clustering. k-means runs without
     gradient and its centroids are constants; gradients flow through the token normalization,
     avg_l2, the css, the effective rank and the distances. The paper uses ``weight = 1e-3``.

@@ -1,4 +1,4 @@
-"""The assembled metric: backends agree, the properties of DESIGN §4 hold."""
+"""The assembled metric: the backends agree, and its invariances and properties hold."""
 
 import math
 
