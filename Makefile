@@ -9,7 +9,7 @@ BUILD_DEPS := scikit-build-core pybind11 ninja "cmake>=3.26,<4"
 TEST_DEPS := pytest numpy timm scipy matplotlib lightning tensorboard
 CPP_BUILD := build/cpp
 
-.PHONY: all venv install demo demo-quick test test-python test-cpp bench bench-regularizer clean
+.PHONY: all venv install demo demo-quick test test-python test-cpp test-oldest-torch bench bench-regularizer clean
 
 all: install
 
@@ -46,6 +46,31 @@ test-cpp: venv
 	  $(VENV)/bin/cmake --build $$dir && \
 	  (cd $$dir && $(abspath $(VENV))/bin/ctest --output-on-failure) || exit 1; \
 	done
+
+# The oldest supported torch (pyproject's floor) in a venv of its own, .venv-torch2.11: build
+# against it and run the Python suite (CPU). Its wheel is the CUDA 13.0 build (what the lent
+# GPU machines run), so with a CUDA 13 nvcc the CUDA kernels are compiled and linked too
+# (one GPU architecture: a compile check); with another nvcc, or none, the CPU path only.
+# Own build folder: a build tree holds the paths of one torch.
+OLD_TORCH_SPEC ?= torch==2.11.0
+OLD_VENV := .venv-torch2.11
+$(OLD_VENV)/.deps:
+	$(PY) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OLD_VENV)/bin/python -m pip install -q "$(OLD_TORCH_SPEC)" $(BUILD_DEPS) $(TEST_DEPS) tqdm
+	touch $@
+
+test-oldest-torch: $(OLD_VENV)/.deps
+	@set -e; py=$(OLD_VENV)/bin/python; \
+	torch_cuda=$$($$py -c "import torch; print((torch.version.cuda or '').split('.')[0])"); \
+	nvcc_cuda=$$($${CUDACXX:-nvcc} --version 2>/dev/null | sed -n 's/.*release \([0-9]*\)\..*/\1/p'); \
+	echo "test-oldest-torch: $$($$py -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)'), nvcc CUDA major '$$nvcc_cuda'"; \
+	if [ -n "$$torch_cuda" ] && [ "$$torch_cuda" = "$$nvcc_cuda" ]; then cuda=ON; expect=1; \
+	else cuda=OFF; expect=0; \
+	  echo "test-oldest-torch: torch's CUDA major '$$torch_cuda' is not nvcc's '$$nvcc_cuda': building the CPU path only (DSE_CUDA=OFF)"; fi; \
+	DSE_CUDA=$$cuda TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} $$py -m pip install -q --no-build-isolation --no-deps \
+	  -C build-dir=build/torch-oldest-{wheel_tag} . ; \
+	DSE_EXPECT_CUDA=$$expect $(OLD_VENV)/bin/pytest -q -p no:cacheprovider python_tests
 
 # The end-to-end demo (README): synthetic data, SSL runs, label-free scores vs. probe mIoU.
 demo: install

@@ -1,12 +1,17 @@
 """Benchmark dse_ext.dse: compiled ops vs the pure-PyTorch reference.
 
 Prints a markdown table per device: wall time (median of repeats), speed-up, the
-extra peak resident memory of a call (CPU) or peak allocated memory (CUDA), and an
+extra peak resident memory of a call (CPU) or the peak GPU memory of the process
+(CUDA: ``torch.cuda.max_memory_allocated``, the input features included), and an
 arithmetic floor: the FLOPs the metric cannot avoid divided by GEMM rates measured
 on this machine. Each (size, backend) runs in a fresh process so peak memory is its own.
+Where a target is set (TARGETS: CUDA at 1024×196×384) a line under the row says whether
+it is met.
 
     python bench/bench_dse.py                       # default sizes, CPU (+ CUDA if present)
     python bench/bench_dse.py --sizes 64x196x384 --repeats 5
+    python bench/bench_dse.py --devices cuda --no-reference --sizes 64x196x384 256x196x384 1024x196x384
+    python bench/bench_dse.py --devices cpu --sizes 8x16x32 --repeats 1      # a quick check of the script
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import time
 
 DEFAULT_SIZES = ["16x196x384", "64x196x384", "256x196x384", "64x784x768"]
 PAPER_SECONDS = {("cpu", "64x196x384"): 0.9}  # the released implementation, 2 CPU cores (issue #2)
+# (device, size) -> (milliseconds, peak MB) the compiled backend should stay within (issue #11).
+TARGETS = {("cuda", "1024x196x384"): (20.0, 4096.0)}
 
 
 def parse_size(s: str) -> tuple[int, int, int]:
@@ -84,7 +91,6 @@ def worker(size: str, backend: str, device: str, repeats: int) -> dict:
     x = torch.randn(B, N, d, generator=torch.Generator().manual_seed(0)).to(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     for _ in range(repeats + 1):  # the first call warms up
@@ -95,7 +101,7 @@ def worker(size: str, backend: str, device: str, repeats: int) -> dict:
         times.append(time.perf_counter() - t)
     result = {"seconds": statistics.median(times[1:]), "dse": float(out.dse)}
     if device == "cuda":
-        result["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20  # the input included
     else:
         result["peak_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     if backend == "ext":
@@ -165,6 +171,12 @@ def main() -> None:
             print(f"| {size} | {ext['seconds'] * 1e3:.1f} | {ref_ms} | {speed} | {ext['peak_mb']:.0f} | {ref_mb} "
                   f"| {ext['iters'][0]:.1f} / {ext['iters'][1]:.1f} | {floor_s * 1e3:.1f} | {ext['seconds'] / floor_s:.1f}× |",
                   flush=True)
+            target = TARGETS.get((device, size))
+            if target:
+                ms, mb = ext["seconds"] * 1e3, ext["peak_mb"]
+                verdict = "met" if ms <= target[0] and mb <= target[1] else "MISSED"
+                print(f"|  ↳ target ≤ {target[0]:.0f} ms and ≤ {target[1] / 1024:.0f} GB peak: {verdict} "
+                      f"({ms:.1f} ms, {mb / 1024:.2f} GB) | | | | | | | | |", flush=True)
             paper = PAPER_SECONDS.get((device, size))
             if paper:
                 print(f"|  ↳ vs the paper's released code (≈{paper:.1f} s here) | | | {paper / ext['seconds']:.1f}× | | | | | |",

@@ -1,12 +1,15 @@
 """Time each compiled operator at the shapes dse_ext.dse gives it, forward and backward, per device.
 
     python bench/bench_ops.py                     # CPU, and CUDA when a GPU and CUDA kernels are present
-    python bench/bench_ops.py --devices cuda --size 1024x196x384
+    python bench/bench_ops.py --devices cuda --sizes 64x196x384 256x196x384 1024x196x384
+    python bench/bench_ops.py --devices cpu --sizes 8x16x32 --repeats 1     # a quick check of the script
 
 Shapes for B×N×d features: local css (B problems of N tokens, k = 3), global css (B/8 groups of
 8·N tokens, k = 24), per-position effective rank (N matrices of B rows, through an index), the
 pooled effective rank (one B·N × d matrix) and the nearest-other distances of the global groups.
 Labels are random (k-means is not timed here). Operators without a kernel for a device are skipped.
+On CUDA the last column is the peak GPU memory of one forward + backward call
+(``torch.cuda.max_memory_allocated`` above what was allocated before it: the inputs are excluded).
 """
 
 from __future__ import annotations
@@ -37,6 +40,18 @@ def timed(fn, device, repeats):
     return statistics.median(times)
 
 
+def peak_mb(fn, device):
+    """Peak memory of one call above what was allocated before it (CUDA); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
 def cases(B, N, d, device, g):
     x = torch.nn.functional.normalize(torch.randn(B, N, d, generator=g), dim=-1).to(device)
     G = max(1, B // 8)
@@ -57,27 +72,39 @@ def cases(B, N, d, device, g):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="64x196x384", help="BxNxd")
+    parser.add_argument("--sizes", "--size", nargs="+", default=["64x196x384"], help="BxNxd sizes")
     parser.add_argument("--devices", nargs="+", default=None)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    B, N, d = (int(v) for v in args.size.split("x"))
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    print(f"# dse_ext operators at {args.size} — torch {torch.__version__}, build {dse_ext.build_info()}, "
-          f"{time.strftime('%Y-%m-%d')}\n")
-    print("| device | operator | forward (ms) | forward + backward (ms) |")
-    print("|---|---|---:|---:|")
-    for name in devices:
-        device = torch.device(name)
-        key = {"cpu": "CPU", "cuda": "CUDA"}[device.type]
-        for label, op_name, fn, x in cases(B, N, d, device, torch.Generator().manual_seed(0)):
-            if not torch._C._dispatch_has_kernel_for_dispatch_key(f"dse::{op_name}", key):
-                print(f"| {name} | {label} | – | – |")
-                continue
-            forward = timed(lambda: fn(x), device, args.repeats)
-            xr = x.detach().clone().requires_grad_(True)
-            both = timed(lambda: fn(xr).sum().backward(), device, args.repeats)
-            print(f"| {name} | {label} | {forward * 1e3:.2f} | {both * 1e3:.2f} |", flush=True)
+    gpu = f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""
+    print(f"# dse_ext operators — torch {torch.__version__}{gpu}, build {dse_ext.build_info()}, "
+          f"{time.strftime('%Y-%m-%d')}; median of {args.repeats} calls after a warm-up\n")
+    print("| B×N×d | device | operator | forward (ms) | forward + backward (ms) | fwd+bwd peak GPU MB |")
+    print("|---|---|---|---:|---:|---:|")
+    for size in args.sizes:
+        B, N, d = (int(v) for v in size.lower().split("x"))
+        for name in devices:
+            device = torch.device(name)
+            key = {"cpu": "CPU", "cuda": "CUDA"}[device.type]
+            for label, op_name, fn, x in cases(B, N, d, device, torch.Generator().manual_seed(0)):
+                if not torch._C._dispatch_has_kernel_for_dispatch_key(f"dse::{op_name}", key):
+                    print(f"| {size} | {name} | {label} | – | – | – |")
+                    continue
+                forward = timed(lambda: fn(x), device, args.repeats)
+                xr = x.detach().clone().requires_grad_(True)
+
+                def step():
+                    fn(xr).sum().backward()
+                    xr.grad = None
+
+                both = timed(step, device, args.repeats)
+                peak = peak_mb(step, device)
+                peak_s = "–" if peak is None else f"{peak:.0f}"
+                print(f"| {size} | {name} | {label} | {forward * 1e3:.2f} | {both * 1e3:.2f} | {peak_s} |", flush=True)
+            del x, xr
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

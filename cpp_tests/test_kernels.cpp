@@ -5,8 +5,12 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <optional>
+#include <set>
 #include <tuple>
+#include <vector>
 
+#include "common/kmeans_rules.h"
+#include "common/segments.h"
 #include "cpu/kernels.h"
 
 namespace {
@@ -119,4 +123,125 @@ TEST(NearestOther, IsSecondNearestCentroid) {
   EXPECT_NEAR(dse::cpu::nearest_other_centroid_distance(x, c, labels, std::nullopt).item<double>(), 2.0, 1e-15);
   const at::Tensor valid = at::tensor({1, 1, 0}, at::kLong).to(at::kBool).view({1, 3});
   EXPECT_NEAR(dse::cpu::nearest_other_centroid_distance(x, c, labels, valid).item<double>(), 3.0, 1e-15);
+}
+
+// ---------------------------------------------------------------- k-means ties (common/kmeans_rules.h)
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cpu_kmeans(const at::Tensor& x, int64_t k, int64_t max_iters,
+                                                          int64_t seed, int64_t init) {
+  return dse::cpu::kmeans(x, at::full({x.size(0)}, x.size(1), at::kLong), k, max_iters, 0.0, seed, init);
+}
+
+}  // namespace
+
+TEST(KmeansTies, EquidistantPointsGoToTheLowestIndex) {
+  // Small integer coordinates: every distance is exact in any arithmetic, so ties are real
+  // ties (e.g. seeds (0, 0) and (2, 0) and the point (1, 3)) and must go to the lower index.
+  std::vector<double> grid;
+  for (int a = 0; a < 5; ++a)
+    for (int b = 0; b < 5; ++b) grid.insert(grid.end(), {static_cast<double>(a), static_cast<double>(b)});
+  for (auto dtype : {at::kFloat, at::kDouble}) {
+    const at::Tensor x = at::tensor(grid, at::kDouble).view({1, 25, 2}).to(dtype);
+    int64_t ties = 0;
+    for (int64_t seed = 0; seed < 40; ++seed)
+      for (int64_t init : {0, 1}) {
+        const auto [c, labels, iters] = cpu_kmeans(x, 4, 0, seed, init);
+        const at::Tensor cd = c[0].to(at::kDouble), xd = x[0].to(at::kDouble);
+        for (int64_t i = 0; i < 25; ++i) {
+          const at::Tensor dist = (xd[i].unsqueeze(0) - cd).square().sum(1);
+          const double best = dist.min().item<double>();
+          const int64_t lowest = dist.eq(best).nonzero()[0][0].item<int64_t>();
+          ties += dist.eq(best).sum().item<int64_t>() > 1;
+          ASSERT_EQ(labels[0][i].item<int64_t>(), lowest) << "seed " << seed << ", point " << i;
+        }
+      }
+    EXPECT_GT(ties, 100);  // the case is made of ties
+  }
+}
+
+TEST(KmeansTies, CoincidentCentroidsTakeNoPoints) {
+  // Fewer distinct points than k: two seeds are duplicates (the uniform rule), and every
+  // point goes to the lowest-numbered of the centroids equal to it, whatever the GEMM's
+  // rounding of the coincident rows (random coordinates, not exactly representable sums).
+  at::manual_seed(5);
+  const at::Tensor two = at::randn({2, 6}, at::kDouble) * 3.7;
+  const at::Tensor x = two.repeat({7, 1}).unsqueeze(0);  // 14 points, 2 distinct
+  for (auto dtype : {at::kFloat, at::kDouble}) {
+    const at::Tensor xt = x.to(dtype);
+    for (int64_t seed = 0; seed < 30; ++seed) {
+      const auto [c, labels, iters] = cpu_kmeans(xt, 5, 0, seed, 0);
+      // the seeds hold both distinct points (never a duplicate while the other weighs more)
+      std::set<int64_t> which;
+      for (int64_t j = 0; j < 5; ++j) which.insert(at::equal(c[0][j], xt[0][0]) ? 0 : at::equal(c[0][j], xt[0][1]) ? 1 : -1);
+      ASSERT_EQ(which, std::set<int64_t>({0, 1})) << "seed " << seed;
+      for (int64_t i = 0; i < 14; ++i) {
+        int64_t lowest = -1;
+        for (int64_t j = 0; j < 5 && lowest < 0; ++j)
+          if (at::equal(c[0][j], xt[0][i])) lowest = j;
+        ASSERT_EQ(labels[0][i].item<int64_t>(), lowest) << "seed " << seed << ", point " << i;
+      }
+    }
+  }
+}
+
+TEST(KmeansTies, SeedingNeverDrawsADuplicateWhileOthersWeighMore) {
+  // 60 copies of one point near 1000 and 7 others that differ from it in one coordinate by
+  // a quarter or more: in float32 the GEMM distance of a copy to itself is rounding noise
+  // of about 2 (|x|^2 ~ 1.6e7), far above the others' true weights (>= 1/16). The copies
+  // must still weigh exactly 0, so k = 8 seeds are the 8 distinct points.
+  at::manual_seed(11);
+  const int64_t d = 16;
+  const at::Tensor base = (at::randn({d}, at::kDouble) + 1000.0).to(at::kFloat).to(at::kDouble);
+  std::vector<at::Tensor> rows(60, base);
+  std::vector<at::Tensor> distinct = {base};
+  for (int64_t m = 0; m < 7; ++m) {
+    at::Tensor other = base.clone();
+    other[m] += 0.25 * static_cast<double>(m + 1);
+    distinct.push_back(other);
+    rows.insert(rows.begin() + 8 * m + 3, other);
+  }
+  const at::Tensor x = at::stack(rows).unsqueeze(0);
+  for (auto dtype : {at::kFloat, at::kDouble}) {
+    const at::Tensor xt = x.to(dtype);
+    for (int64_t seed = 0; seed < 40; ++seed)
+      for (int64_t init : {0, 1}) {
+        const auto [c, labels, iters] = cpu_kmeans(xt, 8, 0, seed, init);
+        std::set<int64_t> found;
+        for (int64_t j = 0; j < 8; ++j)
+          for (int64_t q = 0; q < 8; ++q)
+            if (at::equal(c[0][j].to(at::kDouble), distinct[q])) found.insert(q);
+        ASSERT_EQ(found.size(), 8u) << "seed " << seed << ", init " << init << ": a duplicate seed";
+      }
+  }
+}
+
+TEST(KmeansTies, CentroidUpdateIsTheSegmentedSumTimesTheReciprocal) {
+  // M > kUpdateSegment: the CPU adds each cluster's members in segments (the order the CUDA
+  // kernel uses), then multiplies by 1 / n. One Lloyd update from the seeds, recomputed here.
+  at::manual_seed(13);
+  const int64_t M = 1300, d = 5, k = 4;
+  const at::Tensor x = at::randn({1, M, d}, at::kDouble) * 10.0 + 0.1;
+  const auto [c0, l0, it0] = cpu_kmeans(x, k, 0, 3, 0);  // the seeds and their labels
+  const auto [c1, l1, it1] = cpu_kmeans(x, k, 1, 3, 0);  // one update from them
+  ASSERT_EQ(it1[0].item<int64_t>(), 1);
+  const double* xp = x.const_data_ptr<double>();
+  const int64_t* lp = l0.const_data_ptr<int64_t>();
+  for (int64_t j = 0; j < k; ++j) {
+    int64_t members = 0;
+    for (int64_t i = 0; i < M; ++i) members += lp[i] == j;
+    ASSERT_GT(members, 0);
+    for (int64_t t = 0; t < d; ++t) {
+      double total = 0.0;
+      for (int64_t s = 0; s < dse::segment_count(M, dse::kUpdateSegment); ++s) {
+        const dse::Segment seg = dse::segment_bounds(s, M, dse::kUpdateSegment);
+        double part = 0.0;
+        for (int64_t i = seg.begin; i < seg.end; ++i)
+          if (lp[i] == j) part += xp[i * d + t];
+        total += part;
+      }
+      EXPECT_EQ(c1[0][j][t].item<double>(), total * (1.0 / static_cast<double>(members))) << j << ", " << t;
+    }
+  }
 }

@@ -13,6 +13,8 @@
 #include "common/eigen_solver_choice.h"
 namespace dse::cuda {
 EigenSolver set_eigen_solver(EigenSolver solver);
+bool inject_eigen_failure(bool on);
+int64_t set_css_batch_budget(int64_t bytes);
 bool have_batched_syev();
 }  // namespace dse::cuda
 #endif
@@ -31,6 +33,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("_set_cuda_eigen_solver", [](const std::string& name) {
     return std::string(dse::eigen_solver_name(dse::cuda::set_eigen_solver(dse::eigen_solver_from_name(name))));
   });
+  // Test hook: treat every batched cuSOLVER call as failed (the fallbacks then run); returns the previous setting.
+  m.def("_inject_cuda_eigen_failure", [](bool on) { return dse::cuda::inject_eigen_failure(on); });
+  // Test hook: the byte budget of a CUDA css chunk (csrc/common/css_batches.h; <= 0 restores the
+  // default); returns the previous one.
+  m.def("_set_cuda_css_batch_budget", [](int64_t bytes) { return dse::cuda::set_css_batch_budget(bytes); });
 #else
   m.attr("with_cuda") = false;
   m.attr("cuda_batched_syev") = false;

@@ -1,15 +1,24 @@
 // The one place that defines every dse:: operator schema.
 //
-// Kernels live per device in csrc/cpu/ and csrc/cuda/ and register with
-// TORCH_LIBRARY_IMPL(dse, <Device>, m); fake (meta) kernels and autograd are
-// registered from Python (dse_ext/_ops.py) with torch.library.
+// Every operator is one vertical slice with one name through every layer:
+//   csrc/common/<op>_args.h       the argument checks (shapes, dtypes, devices, values)
+//                                 that its kernels on every device call first; the
+//                                 rule for each argument is documented there
+//   csrc/cpu/<op>_cpu.cpp         its CPU kernels, forward and backward
+//                                 (TORCH_LIBRARY_IMPL(dse, CPU, m))
+//   csrc/cuda/<op>_cuda.cu        its CUDA kernels, forward and backward
+//                                 (TORCH_LIBRARY_IMPL(dse, CUDA, m))
+// for <op> in kmeans, cluster_css, effective_rank, nearest_other_centroid_distance.
+// Fake (meta) kernels and the autograd formulas, which call the *_backward ops, are
+// registered from the Python package dse_ext with torch.library (README.md, Layout).
 #include <torch/library.h>
 
 TORCH_LIBRARY(dse, m) {
   // Batched k-means over P independent problems.
-  //   x (P, M, d) float; counts (P,) int64: problem p uses the first counts[p]
-  //   points (the rest is padding and gets label -1); init 0 = k-means++ with
-  //   D^2 sampling, 1 = k-means++ with D sampling (the released DSE code).
+  //   x (P, M, d) float; counts (P,) int64, on the CPU or on x's device: problem p
+  //   uses the first counts[p] points (the rest is padding and gets label -1);
+  //   init 0 = k-means++ with D^2 sampling, 1 = k-means++ with D sampling (the
+  //   released DSE code).
   //   Returns centroids (P, k, d), labels (P, M) int64 and the number of Lloyd
   //   updates done per problem (P,) int64.
   m.def(
@@ -46,10 +55,12 @@ TORCH_LIBRARY(dse, m) {
       "nearest_other_centroid_distance(Tensor x, Tensor centroids, Tensor labels, Tensor? valid)"
       " -> Tensor");
 
-  // Backward of the differentiable ops (registered as their autograd formulas in
-  // dse_ext/_autograd.py). Each returns the gradient of sum(grad * op(...)) with
+  // Backward of the differentiable ops (called by their autograd formulas, which the
+  // Python package registers). Each returns the gradient of sum(grad * op(...)) with
   // respect to the points x (a tensor like x; for effective_rank with index, like
-  // the row table) and, for the distances, the centroids.
+  // the row table) and, for the distances, the centroids. eigenvalues/eigenvectors:
+  // the bases the forward returned with keep_basis=True (float64, on x's device, on
+  // the device whose forward computed them), or None / empty tensors to recompute them.
   m.def(
       "cluster_css_backward(Tensor grad, Tensor x, Tensor labels, int k, Tensor? eigenvalues=None,"
       " Tensor? eigenvectors=None) -> Tensor");

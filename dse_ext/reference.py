@@ -19,30 +19,55 @@ from ._ops.nearest_other_centroid_distance import prepare as nearest_other_args
 from ._rng import uniform01
 
 
+# k-means ties and rounding follow csrc/common/kmeans_rules.h (the rules the compiled kernels
+# share): the blocked cumulative search of the seeding and the update ``sum * (1 / n)``.
+_SEED_BLOCK = 256  # kSeedBlock: points per block of the cumulative weights
+
+
+def _seed_pick(weights: torch.Tensor, u: float) -> int:
+    """The point a k-means++ draw ``u`` picks from the sampling ``weights`` (D² or D, float64).
+
+    Cumulative sums in blocks of ``_SEED_BLOCK`` points: sequential within a block, the block
+    totals added in block order, ``cum_i = before_b + run_i``; the first point with
+    ``cum_i > u · total``, so never a zero-weight point while any weight is positive (rounding
+    that leaves none: the last positive one); with all weights 0, ``min(floor(u·n), n − 1)``.
+    The sums run on the CPU, where ``torch.cumsum`` adds in order.
+    """
+    w = weights.detach().to("cpu", torch.float64)
+    n = w.numel()
+    blocks = -(-n // _SEED_BLOCK)
+    padded = torch.zeros(blocks * _SEED_BLOCK, dtype=torch.float64)
+    padded[:n] = w  # trailing zeros leave the last block's sums unchanged
+    run = torch.cumsum(padded.view(blocks, _SEED_BLOCK), 1)
+    after = torch.cumsum(run[:, -1], 0)  # block totals added in order
+    total = float(after[-1])
+    if not total > 0:
+        return min(int(u * n), n - 1)
+    before = torch.cat([after.new_zeros(1), after[:-1]])
+    cum = (before[:, None] + run).reshape(-1)[:n]
+    chosen = int(torch.searchsorted(cum, torch.tensor([u * total], dtype=torch.float64), right=True))
+    if chosen >= n:  # u · total rounded up to total
+        chosen = int(torch.nonzero(w > 0)[-1])
+    return chosen
+
+
 def _kmeans_plus_plus(x: torch.Tensor, k: int, power: int, seed: int, stream: int) -> torch.Tensor:
     """k-means++ seeding in float64; draws from the shared counter-based RNG."""
     n = x.shape[0]
     xd = x.double()
     first = min(int(uniform01(seed, stream, 0) * n), n - 1)
     centroids = [xd[first]]
-    dist2 = ((xd - centroids[0]) ** 2).sum(1)
+    dist2 = ((xd - centroids[0]) ** 2).sum(1)  # exactly 0 at points equal to a chosen centroid
     for j in range(1, k):
         weights = dist2 if power == 2 else dist2.sqrt()
-        total = float(weights.sum())
-        u = uniform01(seed, stream, j)
-        if total > 0:
-            cum = torch.cumsum(weights, 0)
-            chosen = int(torch.searchsorted(cum, torch.tensor([u * float(cum[-1])], dtype=torch.float64), right=True))
-            if chosen >= n:
-                chosen = int(torch.nonzero(weights > 0)[-1])
-        else:
-            chosen = min(int(u * n), n - 1)
+        chosen = _seed_pick(weights, uniform01(seed, stream, j))
         centroids.append(xd[chosen])
         dist2 = torch.minimum(dist2, ((xd - xd[chosen]) ** 2).sum(1))
     return torch.stack(centroids)
 
 
 def _assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Nearest centroid, ties to the lowest index (argmin returns the first minimum)."""
     dist2 = torch.stack([((x - c) ** 2).sum(1) for c in centroids.to(x.dtype)], dim=1)
     return dist2.argmin(1)
 
@@ -56,7 +81,7 @@ def _kmeans_single(x, k, max_iters, tol, seed, stream, power):
         for j in range(k):
             members = xd[labels == j]
             if len(members) > 0:  # an empty cluster keeps its centroid
-                new[j] = members.mean(0)
+                new[j] = members.sum(0) * (1.0 / len(members))  # sum times the reciprocal, as the kernels
         shift = float(torch.linalg.norm(new - centroids))
         centroids = new
         if shift <= tol:

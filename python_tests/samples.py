@@ -91,6 +91,25 @@ def _kmeans_samples(g, dtype):
     if dtype == torch.float64:  # random data has near-ties that float32 distance GEMMs may break differently
         out.append(Sample("random", ident, (torch.randn(3, 50, 6, generator=g, dtype=torch.float64),),
                           dict(num_clusters=6, seed=11, max_iters=8)))
+    # The tie rules of csrc/common/kmeans_rules.h, on data whose distances and sums are exact in
+    # every backend (small integers, dyadic values), so every device must give the same labels.
+    grid = torch.stack(torch.meshgrid(torch.arange(5.0), torch.arange(5.0), indexing="ij"), -1).reshape(1, 25, 2)
+    out.append(Sample("equidistant_ties", ident, (torch.cat([grid, grid.flip(1) * 2]).double(),),
+                      dict(num_clusters=4, max_iters=0, seed=5)))
+    clumps = torch.tensor([[0, 0], [1, 0], [4, 0], [100, 0], [101, 3], [103, 0], [0, 200], [2, 201], [0, 203]],
+                          dtype=torch.float64)[None]
+    out.append(Sample("update_sum_times_reciprocal", ident, (clumps,), dict(num_clusters=3, seed=2)))
+    base = torch.randn(1, 1, 6, generator=g, dtype=torch.float64).float().double()
+    others = base + torch.eye(6, dtype=torch.float64)[None, :5] * 0.25 * torch.arange(1, 6)[None, :, None]
+    dups = torch.cat([base.expand(1, 30, 6), others], 1)[:, torch.randperm(35, generator=g)]
+    out.append(Sample("duplicates_with_alternatives", ident, (dups,), dict(num_clusters=6, max_iters=0, seed=4)))
+    dyadic = (torch.tensor([[[0.75, -1.5, 2.0]], [[3.25, 0.5, -0.25]]], dtype=torch.float64)
+              .repeat_interleave(8, dim=1).reshape(1, 16, 3))  # 2 distinct points, 8 copies each
+    out.append(Sample("fewer_distinct_points_dyadic", ident, (dyadic,), dict(num_clusters=4, max_iters=5, seed=6)))
+    # More points than one segment of the centroid sums (kUpdateSegment = 512) and than one block
+    # of the seeding's cumulative weights (kSeedBlock = 256): the two-pass update on CUDA.
+    out.append(Sample("many_points_segmented_update", ident, (_clustered(g, 1, 1100, 4, 5),),
+                      dict(num_clusters=5, seed=8)))
     return out
 
 
@@ -124,6 +143,11 @@ def _css_samples(g, dtype):
     out.append(Sample("expanded", lambda a, l: (a.expand(3, -1, -1), l, 3), (x(1, 22, 5), lab(-1, 3, 3, 22))))
     out.append(Sample("huge_scale", lambda a, l: (a * 2.0**60, l, 3), (x(2, 20, 4), lab(0, 3, 2, 20))))
     out.append(Sample("tiny_scale", lambda a, l: (a * 2.0**-60, l, 3), (x(2, 20, 4), lab(0, 3, 2, 20))))
+    # Clusters of very different sizes: several buckets of the CUDA batches (csrc/common/css_batches.h),
+    # Gram sides above and below 32 (both eigensolvers), a singleton and an empty cluster.
+    sizes = torch.tensor([70, 40, 25, 9, 3, 2, 1])
+    bucketed = torch.repeat_interleave(torch.arange(7), sizes)[torch.randperm(150, generator=g)][None]
+    out.append(Sample("buckets_of_sizes", lambda a, l: (a, l, 8), (x(1, 150, 36), bucketed)))
     return out
 
 
@@ -184,6 +208,9 @@ def _nearest_samples(g, dtype):
                                                                                   lab(0, 3, 2, 10))))
     out.append(Sample("tiny_scale", lambda a, c, l: (a * 2.0**-60, c * 2.0**-60, l), (x(2, 10, 3), x(2, 3, 3),
                                                                                     lab(0, 3, 2, 10))))
+    # More points than one segment of the centroid gradient's sums (512): the two-pass sum on CUDA.
+    out.append(Sample("many_points_segmented_grad", lambda a, c, l: (a, c, l),
+                      (x(1, 1100, 3), x(1, 4, 3), lab(-1, 4, 1, 1100))))
     return out
 
 

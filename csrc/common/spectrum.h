@@ -85,7 +85,9 @@ DSE_HOST_DEVICE double householder_centered(double x_ic, double colsum_c, double
   return x_ic - h.beta * (h.a * colsum_c - xlast_c);
 }
 
-// sqrt(max(n - 1, d)): the css normaliser of DESIGN.md section 2.
+// sqrt(max(n - 1, d)): the normaliser of the css of a cluster of n points in d
+// dimensions, css(C) = (sum of singular values of C - mean row) / sqrt(max(n - 1, d))
+// (README.md, "The metric").
 DSE_HOST_DEVICE double css_denominator(int64_t n, int64_t d) {
   const int64_t m = (n - 1) > d ? (n - 1) : d;
   return sqrt(static_cast<double>(m));

@@ -1,12 +1,14 @@
-// Batched k-means on the CPU.
+// dse::kmeans on the CPU: batched k-means (not differentiable: no backward).
 //
 // Each problem is solved whole by one thread (seeding, every Lloyd iteration,
 // the final assignment), so its points stay in that core's cache throughout and
 // it stops on its own convergence test; threads take the next unsolved problem
 // as they finish. With fewer problems than threads, problems go one at a time
-// and each one's loops and GEMMs use every thread instead. Distances come from a small GEMM (|c|^2 - 2 x.c, in float64
-// from the GEMM's dot products), centroid means are accumulated in float64.
-// A problem's result depends only on its own points, never on the batch.
+// and each one's loops and GEMMs use every thread instead. Distances come from a
+// small GEMM (|c|^2 - 2 x.c, in float64 from the GEMM's dot products), centroid
+// means are accumulated in float64. A problem's result depends only on its own
+// points, never on the batch. Ties and rounding follow common/kmeans_rules.h, as
+// on CUDA.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -14,9 +16,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <vector>
 
-#include "common/checks.h"
+#include "common/kmeans_args.h"
+#include "common/kmeans_rules.h"
 #include "common/rng.h"
 #include "cpu/kernels.h"
 #include "cpu/lapack.h"
@@ -28,10 +32,12 @@ namespace {
 template <typename scalar_t>
 struct Workspace {
   Workspace(int64_t M, int64_t k, int64_t d)
-      : dots(M * k), xsq(M), dist2(M), cum(M), csq(k), sums(k * d), centroids(k * d), members(k) {}
+      : dots(M * k), xsq(M), dist2(M), block_totals(seed_block_count(M)), csq(k), sums(k * d), partial(k * d),
+        centroids(k * d), members(k), duplicate(k) {}
   std::vector<scalar_t> dots;  // (k, M) c . x
-  std::vector<double> xsq, dist2, cum, csq, sums, centroids;  // centroids: (k, d) float64 copy
+  std::vector<double> xsq, dist2, block_totals, csq, sums, partial, centroids;  // centroids: (k, d) float64 copy
   std::vector<int64_t> members;
+  std::vector<char> duplicate;  // duplicate[j]: centroid j equals a lower-numbered one
   bool inner_parallel = false;  // split each problem's loops over threads (when problems are fewer than threads)
 };
 
@@ -45,8 +51,18 @@ void loop(bool parallel, int64_t n, int64_t grain, const F& f) {
     f(0, n);
 }
 
-// k-means++ seeding of one problem: writes k rows of x to c (k, d).
-// Draw j uses uniform01(seed, stream, j); weights are D^2 (init 0) or D (init 1).
+// Bound on the rounding error of |x|^2 - 2 x.c + |c|^2 when x.c comes from a GEMM in
+// scalar_t over d terms (|error of a dot| <= d u |x||c|, u = eps / 2, plus the float64
+// norms), with a margin of 2: a GEMM distance at or below it may be an exact 0.
+template <typename scalar_t>
+double gemm_distance_error_bound(int64_t d, double xsq, double csq) {
+  return 2.0 * static_cast<double>(d + 4) * static_cast<double>(std::numeric_limits<scalar_t>::epsilon()) *
+         (xsq + csq);
+}
+
+// k-means++ seeding of one problem: writes k rows of x to c (k, d), by the rules of
+// common/kmeans_rules.h. Draw j uses uniform01(seed, stream, j); weights are D^2
+// (init 0) or D (init 1).
 template <typename scalar_t>
 void seed_plus_plus(const scalar_t* x, int64_t n, int64_t d, int64_t k, int64_t init, uint64_t seed, uint64_t stream,
                     scalar_t* c, Workspace<scalar_t>& ws) {
@@ -57,40 +73,35 @@ void seed_plus_plus(const scalar_t* x, int64_t n, int64_t d, int64_t k, int64_t 
       ws.xsq[i] = s;
     }
   });
-  // |x_i - x_chosen|^2 for every i, clamped at 0 against rounding.
+  // |x_i - x_chosen|^2 for every i, clamped at 0 against rounding. Values within the
+  // GEMM's rounding of 0 are measured again directly, so that a point equal to the
+  // chosen one gets exactly 0 (a zero weight: never drawn again while others weigh more).
   auto distances_to = [&](int64_t chosen, double* out, bool keep_min) {
     gemm_abt(n, 1, d, x, d, x + chosen * d, d, ws.dots.data(), 1);
     loop(ws.inner_parallel, n, 4096, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const double v = std::max(0.0, ws.xsq[i] - 2.0 * static_cast<double>(ws.dots[i]) + ws.xsq[chosen]);
+        double v = std::max(0.0, ws.xsq[i] - 2.0 * static_cast<double>(ws.dots[i]) + ws.xsq[chosen]);
+        if (v <= gemm_distance_error_bound<scalar_t>(d, ws.xsq[i], ws.xsq[chosen]))
+          v = squared_distance_f64(x + i * d, x + chosen * d, d);
         out[i] = keep_min ? std::min(out[i], v) : v;
       }
     });
   };
-  int64_t chosen = std::min<int64_t>(static_cast<int64_t>(uniform01(seed, stream, 0) * n), n - 1);
+  const int64_t blocks = seed_block_count(n);
+  int64_t chosen = seed_uniform_pick(uniform01(seed, stream, 0), n);
   std::copy(x + chosen * d, x + (chosen + 1) * d, c);
-  distances_to(chosen, ws.dist2.data(), false);
+  if (k > 1) distances_to(chosen, ws.dist2.data(), false);
   for (int64_t j = 1; j < k; ++j) {
-    double total = 0.0;
-    int64_t last_positive = -1;
-    for (int64_t i = 0; i < n; ++i) {
-      const double w = init == 0 ? ws.dist2[i] : std::sqrt(ws.dist2[i]);
-      if (w > 0.0) last_positive = i;
-      ws.cum[i] = total += w;
-    }
-    const double u = uniform01(seed, stream, j);
-    if (total > 0.0) {  // first point whose cumulative weight exceeds u * total
-      chosen = std::upper_bound(ws.cum.begin(), ws.cum.begin() + n, u * total) - ws.cum.begin();
-      if (chosen >= n) chosen = last_positive;
-    } else {  // every point coincides with a chosen centroid
-      chosen = std::min<int64_t>(static_cast<int64_t>(u * n), n - 1);
-    }
+    loop(ws.inner_parallel, blocks, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) ws.block_totals[b] = seed_block_total(ws.dist2.data(), n, init, b);
+    });
+    chosen = seed_pick(ws.dist2.data(), n, init, ws.block_totals.data(), uniform01(seed, stream, j));
     std::copy(x + chosen * d, x + (chosen + 1) * d, c + j * d);
-    distances_to(chosen, ws.dist2.data(), true);
+    if (j + 1 < k) distances_to(chosen, ws.dist2.data(), true);
   }
 }
 
-// Nearest centroid of each of the n points (ties to the lowest index).
+// Nearest centroid of each of the n points (ties to the lowest index, common/kmeans_rules.h).
 template <typename scalar_t>
 void assign(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t k, int64_t* labels,
             Workspace<scalar_t>& ws) {
@@ -99,6 +110,11 @@ void assign(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t 
     double s = 0.0;
     for (int64_t t = 0; t < d; ++t) s += static_cast<double>(c[j * d + t]) * static_cast<double>(c[j * d + t]);
     ws.csq[j] = s;
+    // A centroid equal to a lower-numbered one ties with it at every point and so never
+    // wins; skipping it keeps the GEMM's rounding of the two rows from breaking that tie.
+    ws.duplicate[j] = 0;
+    for (int64_t q = 0; q < j && !ws.duplicate[j]; ++q)
+      ws.duplicate[j] = std::equal(c + j * d, c + (j + 1) * d, c + q * d);
   }
   double* best_val = ws.dist2.data();  // |x - c|^2 - |x|^2 of the best centroid so far
   loop(ws.inner_parallel, n, 2048, [&](int64_t begin, int64_t end) {
@@ -107,14 +123,41 @@ void assign(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t 
       labels[i] = 0;
     }
     for (int64_t j = 1; j < k; ++j) {
+      if (ws.duplicate[j]) continue;
       const scalar_t* row = ws.dots.data() + j * n;
       for (int64_t i = begin; i < end; ++i) {
         const double v = ws.csq[j] - 2.0 * static_cast<double>(row[i]);
-        if (v < best_val[i]) {
+        if (nearer(v, best_val[i])) {
           best_val[i] = v;
           labels[i] = j;
         }
       }
+    }
+  });
+}
+
+// Float64 sums (k, d) of each cluster's members (labels[0..n)), in the segment order of
+// common/kmeans_rules.h (kUpdateSegment): the same bits as the CUDA kernel's sums.
+template <typename scalar_t>
+void cluster_sums(const scalar_t* x, int64_t n, int64_t d, int64_t k, const int64_t* labels,
+                  Workspace<scalar_t>& ws) {
+  std::fill(ws.sums.begin(), ws.sums.end(), 0.0);
+  const int64_t segments = segment_count(n, kUpdateSegment);
+  loop(ws.inner_parallel, d, 16, [&](int64_t t0, int64_t t1) {  // column blocks: no two threads share a sum
+    for (int64_t s = 0; s < segments; ++s) {
+      const Segment seg = segment_bounds(s, n, kUpdateSegment);
+      // Segment 0 goes straight into the (zero) sums: 0.0 + its sum is its sum.
+      double* into = s == 0 ? ws.sums.data() : ws.partial.data();
+      if (s > 0)
+        for (int64_t j = 0; j < k; ++j) std::fill(into + j * d + t0, into + j * d + t1, 0.0);
+      for (int64_t i = seg.begin; i < seg.end; ++i) {
+        double* acc = into + labels[i] * d;
+        const scalar_t* row = x + i * d;
+        for (int64_t t = t0; t < t1; ++t) acc[t] += static_cast<double>(row[t]);
+      }
+      if (s > 0)
+        for (int64_t j = 0; j < k; ++j)
+          for (int64_t t = t0; t < t1; ++t) ws.sums[j * d + t] += into[j * d + t];
     }
   });
 }
@@ -128,22 +171,15 @@ int64_t lloyd(const scalar_t* x, int64_t n, int64_t d, int64_t k, int64_t max_it
   int64_t it = 0;
   while (it < max_iters) {
     assign(x, n, d, c, k, labels, ws);
-    std::fill(ws.sums.begin(), ws.sums.end(), 0.0);
     std::fill(ws.members.begin(), ws.members.end(), 0);
     for (int64_t i = 0; i < n; ++i) ws.members[labels[i]] += 1;
-    loop(ws.inner_parallel, d, 16, [&](int64_t t0, int64_t t1) {  // column blocks: no two threads share a sum
-      for (int64_t i = 0; i < n; ++i) {
-        double* s = ws.sums.data() + labels[i] * d;
-        const scalar_t* row = x + i * d;
-        for (int64_t t = t0; t < t1; ++t) s[t] += static_cast<double>(row[t]);
-      }
-    });
+    cluster_sums(x, n, d, k, labels, ws);
     double shift2 = 0.0;
     for (int64_t j = 0; j < k; ++j) {
       if (ws.members[j] == 0) continue;  // an empty cluster keeps its centroid
-      const double inv = 1.0 / static_cast<double>(ws.members[j]);
+      const double inv = inverse_count(ws.members[j]);
       for (int64_t t = 0; t < d; ++t) {
-        const double updated = ws.sums[j * d + t] * inv;
+        const double updated = centroid_from_sum(ws.sums[j * d + t], inv);
         const double diff = updated - ws.centroids[j * d + t];
         shift2 += diff * diff;
         ws.centroids[j * d + t] = updated;
@@ -160,24 +196,10 @@ int64_t lloyd(const scalar_t* x, int64_t n, int64_t d, int64_t k, int64_t max_it
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kmeans(const at::Tensor& x_in, const at::Tensor& counts_in, int64_t k,
                                                       int64_t max_iters, double tol, int64_t seed, int64_t init) {
-  check_points(x_in, "kmeans");
-  check_cpu(x_in, "kmeans");
-  const int64_t P = x_in.size(0), M = x_in.size(1), d = x_in.size(2);
-  TORCH_CHECK(counts_in.dim() == 1 && counts_in.size(0) == P, "dse::kmeans: counts must have shape (", P,
-              ",), got ", counts_in.sizes());
-  TORCH_CHECK(counts_in.scalar_type() == at::kLong, "dse::kmeans: counts must be int64");
-  check_cpu(counts_in, "kmeans");
-  TORCH_CHECK(k >= 1, "dse::kmeans: k must be >= 1, got ", k);
-  TORCH_CHECK(max_iters >= 0, "dse::kmeans: max_iters must be >= 0, got ", max_iters);
-  TORCH_CHECK(tol >= 0.0, "dse::kmeans: tol must be >= 0, got ", tol);
-  TORCH_CHECK(init == 0 || init == 1, "dse::kmeans: init must be 0 (D^2 sampling) or 1 (D sampling), got ", init);
-
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor counts = counts_in.contiguous();
-  const int64_t* cnt = counts.const_data_ptr<int64_t>();
-  for (int64_t p = 0; p < P; ++p)
-    TORCH_CHECK(cnt[p] >= k && cnt[p] <= M, "dse::kmeans: problem ", p, " has ", cnt[p],
-                " points; need between k = ", k, " and M = ", M);
+  const KmeansArgs in = check_kmeans_args(x_in, counts_in, k, max_iters, tol, init, c10::DeviceType::CPU);
+  const at::Tensor& x = in.x;
+  const int64_t P = in.P, M = in.M, d = in.d;
+  const int64_t* cnt = in.counts.const_data_ptr<int64_t>();
 
   at::Tensor centroids = at::empty({P, k, d}, x.options());
   at::Tensor labels = at::full({P, M}, -1, x.options().dtype(at::kLong));  // padding points keep -1

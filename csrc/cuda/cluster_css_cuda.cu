@@ -1,17 +1,26 @@
-// Per-cluster centred singular-value sums on the GPU, forward and backward.
+// dse::cluster_css and dse::cluster_css_backward on the GPU: per-cluster centred
+// singular-value sums and their gradient. Arguments are checked first by
+// common/cluster_css_args.h, as on the CPU.
 //
-// Points are grouped by (problem, label) with one stable sort. Every cluster's
-// Householder-centred (n - 1, d) matrix (common/spectrum.h) is written, zero
-// padded to the largest cluster, into one batch; one batched GEMM forms the Gram
-// matrices (Z Z^T, or Z^T Z when the largest cluster is taller than wide: zero
-// rows only add zero eigenvalues), the batched cuSOLVER eigensolver decomposes
-// them, and per-cluster kernels reduce them with the routines the CPU kernels
-// use. Sums run over each cluster's members in order, so results are deterministic.
+// Points are grouped by (problem, label) with one stable sort. The cluster sizes are
+// read on the host once (one synchronisation) and cut into batches by
+// common/css_batches.h: clusters of >= 2 points, bucketed by the power of two of their
+// rows and chunked within a byte budget, so that padding at most doubles a cluster's
+// rows and the workspace stays bounded whatever the spread of the sizes. For each
+// batch, every cluster's Householder-centred (n - 1, d) matrix (common/spectrum.h) is
+// written, zero padded to the bucket's largest, one batched GEMM forms the Gram
+// matrices (Z Z^T, or Z^T Z when taller than wide: zero rows only add zero
+// eigenvalues), the batched cuSOLVER eigensolver decomposes them, and per-cluster
+// kernels reduce them with the routines the CPU kernels use. Sums run over each
+// cluster's members in order and maxima are exact, so results are deterministic.
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
+#include <vector>
 
-#include "common/checks.h"
+#include "common/cluster_css_args.h"
+#include "common/css_batches.h"
 #include "common/spectrum.h"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/solver.cuh"
@@ -19,20 +28,26 @@
 namespace dse::cuda {
 namespace {
 
+// Byte budget of a chunk (common/css_batches.h); a test hook may lower it so that small
+// inputs run through several chunks.
+std::atomic<int64_t> batch_budget{kCssBatchBudgetBytes};
+
 // The members of every cluster, contiguous in `order` (flat point indices into (P * M, d)).
 struct Clusters {
   at::Tensor order;    // (P * M) points sorted by (problem, label); ignored points last in each problem
   at::Tensor start;    // (P * k) first position in `order` of each cluster
   at::Tensor counts;   // (P, k) int64 members
   int64_t P, M, d, k;
-  int64_t rows;        // rows of the padded centred matrices: largest cluster - 1 (>= 1)
-  int64_t side;        // Gram side: min(rows, d)
   int64_t S;           // basis side of the op's schema: min(M - 1, d)
+  CssPlan plan;        // the batches (common/css_batches.h)
+  at::Tensor ids;      // plan.order on the device: batch b is ids[begin .. begin + count)
 };
 
-Clusters group(const at::Tensor& x, const at::Tensor& labels, int64_t k) {
+Clusters group(const ClusterCssArgs& in, bool backward) {
+  const at::Tensor& labels = in.labels;
+  const int64_t k = in.k;
   Clusters g;
-  g.P = x.size(0), g.M = x.size(1), g.d = x.size(2), g.k = k;
+  g.P = in.P, g.M = in.M, g.d = in.d, g.k = k;
   const at::Tensor problem = at::arange(g.P, labels.options()).unsqueeze(1);
   const at::Tensor key = (problem * (k + 1) + labels.where(labels >= 0, at::full({}, k, labels.options()))).reshape(-1);
   g.order = std::get<1>(at::sort(key, /*stable=*/true, /*dim=*/0, /*descending=*/false));
@@ -40,51 +55,72 @@ Clusters group(const at::Tensor& x, const at::Tensor& labels, int64_t k) {
   const at::Tensor starts = at::cumsum(bins, 0) - bins;  // exclusive prefix sums
   g.start = starts.view({g.P, k + 1}).narrow(1, 0, k).contiguous().view({-1});
   g.counts = bins.view({g.P, k + 1}).narrow(1, 0, k).contiguous();
-  g.rows = std::max<int64_t>(1, g.counts.max().item<int64_t>() - 1);  // one synchronisation
-  g.side = std::min(g.rows, g.d);
-  g.S = std::min(g.M - 1, g.d);
+  g.S = in.S;  // min(M - 1, d) >= every batch's side, except with M == 1 (S = 0): no cluster has 2 points
+  const at::Tensor host_counts = g.counts.cpu();  // one synchronisation
+  g.plan = plan_css_batches(host_counts.const_data_ptr<int64_t>(), g.P * k, g.d, batch_budget.load(), backward);
+  if (!g.plan.order.empty())
+    g.ids = at::tensor(at::ArrayRef<int64_t>(g.plan.order), labels.options().device(at::kCPU)).to(labels.device());
   return g;
 }
 
-// Column sums (c, t) and the largest squared row norm of each cluster, over its members in order.
+// Column sums (c, t) of each cluster, over its members in order.
 template <typename scalar_t>
-__global__ void cluster_sums_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ order,
-                                    const int64_t* __restrict__ start, const int64_t* __restrict__ counts,
-                                    int64_t clusters, int64_t d, double* __restrict__ colsum,
-                                    double* __restrict__ max_sq) {
+__global__ void cluster_colsum_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ order,
+                                      const int64_t* __restrict__ start, const int64_t* __restrict__ counts,
+                                      int64_t clusters, int64_t d, double* __restrict__ colsum) {
   const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= clusters * (d + 1)) return;
-  const int64_t c = e / (d + 1), t = e % (d + 1);
+  if (e >= clusters * d) return;
+  const int64_t c = e / d, t = e % d;
   const int64_t* members = order + start[c];
   double acc = 0.0;
-  for (int64_t r = 0; r < counts[c]; ++r) {
-    const scalar_t* row = x + members[r] * d;
-    if (t < d) {
-      acc += static_cast<double>(row[t]);
-    } else {  // the extra column: the largest squared row norm
-      double sq = 0.0;
-      for (int64_t u = 0; u < d; ++u) sq += static_cast<double>(row[u]) * static_cast<double>(row[u]);
-      acc = sq > acc ? sq : acc;
-    }
-  }
-  if (t < d)
-    colsum[c * d + t] = acc;
-  else
-    max_sq[c] = acc;
+  for (int64_t r = 0; r < counts[c]; ++r) acc += static_cast<double>(x[members[r] * d + t]);
+  colsum[e] = acc;
 }
 
-// z[c, r, t]: the Householder-centred matrix of cluster c, zero beyond its n_c - 1 rows.
+// Squared norm of every point (its coordinates added in order), one thread per point.
+template <typename scalar_t>
+__global__ void row_norms_kernel(const scalar_t* __restrict__ x, int64_t points, int64_t d,
+                                 double* __restrict__ sq) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= points) return;
+  const scalar_t* row = x + e * d;
+  double acc = 0.0;
+  for (int64_t u = 0; u < d; ++u) acc += static_cast<double>(row[u]) * static_cast<double>(row[u]);
+  sq[e] = acc;
+}
+
+// max_sq[c] = the largest squared row norm of cluster c's members (0 for an empty
+// cluster): one block per cluster, strided partial maxima then a shared-memory tree.
+// A maximum does not depend on the order it is taken in: deterministic.
+__global__ void cluster_max_kernel(const double* __restrict__ sq, const int64_t* __restrict__ order,
+                                   const int64_t* __restrict__ start, const int64_t* __restrict__ counts,
+                                   double* __restrict__ max_sq) {
+  const int64_t c = blockIdx.x;
+  const int64_t* members = order + start[c];
+  __shared__ double partial[kThreads];
+  double local = 0.0;
+  for (int64_t r = threadIdx.x; r < counts[c]; r += blockDim.x) local = fmax(local, sq[members[r]]);
+  partial[threadIdx.x] = local;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) partial[threadIdx.x] = fmax(partial[threadIdx.x], partial[threadIdx.x + stride]);
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) max_sq[c] = partial[0];
+}
+
+// z[i, r, t]: the Householder-centred matrix of cluster ids[i], zero beyond its n - 1 rows.
 template <typename scalar_t>
 __global__ void centred_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ order,
                                const int64_t* __restrict__ start, const int64_t* __restrict__ counts,
-                               const double* __restrict__ colsum, int64_t clusters, int64_t rows, int64_t d,
-                               double* __restrict__ z) {
+                               const double* __restrict__ colsum, const int64_t* __restrict__ ids, int64_t count,
+                               int64_t rows, int64_t d, double* __restrict__ z) {
   const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= clusters * rows * d) return;
-  const int64_t t = e % d, r = (e / d) % rows, c = e / (d * rows);
+  if (e >= count * rows * d) return;
+  const int64_t t = e % d, r = (e / d) % rows, c = ids[e / (d * rows)];
   const int64_t n = counts[c];
   double value = 0.0;
-  if (n >= 2 && r < n - 1) {
+  if (r < n - 1) {  // n >= 2 for every cluster of a batch
     const int64_t* members = order + start[c];
     const HouseholderCentering h = householder_centering(n);
     value = householder_centered(static_cast<double>(x[members[r] * d + t]), colsum[c * d + t],
@@ -93,53 +129,49 @@ __global__ void centred_kernel(const scalar_t* __restrict__ x, const int64_t* __
   z[e] = value;
 }
 
-// values[c] = css of cluster c from its Gram eigenvalues (the largest min(n_c - 1, d) of `side`).
+// values[ids[i]] = css of that cluster from its Gram eigenvalues (the largest min(n - 1, d) of `side`).
 __global__ void css_from_eigs_kernel(const double* __restrict__ eig, const int64_t* __restrict__ counts,
-                                     const double* __restrict__ max_sq, int64_t clusters, int64_t side, int64_t d,
-                                     double* __restrict__ values) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= clusters) return;
-  const int64_t n = counts[c];
-  if (n < 2) {
-    values[c] = 0.0;
-    return;
-  }
+                                     const double* __restrict__ max_sq, const int64_t* __restrict__ ids,
+                                     int64_t count, int64_t side, int64_t d, double* __restrict__ values) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const int64_t c = ids[i], n = counts[c];
   const int64_t m = (n - 1) < d ? (n - 1) : d;
   const double noise = centring_noise_floor(n, sqrt(max_sq[c]));
-  values[c] = nuclear_norm_from_eigs(eig + c * side + (side - m), m, noise) / css_denominator(n, d);
+  values[c] = nuclear_norm_from_eigs(eig + i * side + (side - m), m, noise) / css_denominator(n, d);
 }
 
-// f[c, i] = grad_c / denominator / sigma_i for the singular values above the floor, else 0.
+// f[i, :] = grad_c / denominator / sigma for the singular values above the floor, else 0 (c = ids[i]).
 __global__ void css_gradient_weights_kernel(const double* __restrict__ eig, const int64_t* __restrict__ counts,
                                             const double* __restrict__ max_sq, const double* __restrict__ grad,
-                                            int64_t clusters, int64_t side, int64_t d, double* __restrict__ f) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= clusters) return;
-  const int64_t n = counts[c];
-  double* fc = f + c * side;
-  for (int64_t i = 0; i < side; ++i) fc[i] = 0.0;
-  if (n < 2) return;
+                                            const int64_t* __restrict__ ids, int64_t count, int64_t side, int64_t d,
+                                            double* __restrict__ f) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const int64_t c = ids[i], n = counts[c];
+  double* fi = f + i * side;
+  for (int64_t q = 0; q < side; ++q) fi[q] = 0.0;
   const int64_t m = (n - 1) < d ? (n - 1) : d;
-  const double* e = eig + c * side + (side - m);
+  const double* e = eig + i * side + (side - m);
   const double floor = gram_noise_floor(e, m, centring_noise_floor(n, sqrt(max_sq[c])));
   const double scale = grad[c] / css_denominator(n, d);
-  for (int64_t i = 0; i < m; ++i) {
-    const double s = singular_from_eig(e[i], floor);
-    if (s > 0.0) fc[side - m + i] = scale / s;
+  for (int64_t q = 0; q < m; ++q) {
+    const double s = singular_from_eig(e[q], floor);
+    if (s > 0.0) fi[side - m + q] = scale / s;
   }
 }
 
-// Adjoint of the centring: grad_x for the members of every cluster from y = dL/dZ.
+// Adjoint of the centring: grad_x for the members of cluster ids[i] from y = dL/dZ.
 template <typename scalar_t>
 __global__ void scatter_centred_kernel(const double* __restrict__ y, const int64_t* __restrict__ order,
                                        const int64_t* __restrict__ start, const int64_t* __restrict__ counts,
-                                       int64_t clusters, int64_t rows, int64_t d, scalar_t* __restrict__ grad_x) {
+                                       const int64_t* __restrict__ ids, int64_t count, int64_t rows, int64_t d,
+                                       scalar_t* __restrict__ grad_x) {
   const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= clusters * d) return;
-  const int64_t c = e / d, t = e % d, n = counts[c];
-  if (n < 2) return;
+  if (e >= count * d) return;
+  const int64_t i = e / d, t = e % d, c = ids[i], n = counts[c];
   const int64_t* members = order + start[c];
-  const double* yc = y + c * rows * d;
+  const double* yc = y + i * rows * d;
   const HouseholderCentering h = householder_centering(n);
   double total = 0.0;
   for (int64_t r = 0; r + 1 < n; ++r) total += yc[r * d + t];
@@ -148,111 +180,151 @@ __global__ void scatter_centred_kernel(const double* __restrict__ y, const int64
   grad_x[members[n - 1] * d + t] = static_cast<scalar_t>(h.a * total);
 }
 
-struct Centred {
-  at::Tensor z;       // (clusters, rows, d) float64
-  at::Tensor max_sq;  // (clusters,) float64
+// The kept bases: cluster ids[i]'s eigenpairs (eig (count, side), vec (count, side, side))
+// into the leading side x side block of its (S,) and (S, S) entries of the schema's bases.
+__global__ void put_basis_kernel(const double* __restrict__ eig, const double* __restrict__ vec,
+                                 const int64_t* __restrict__ ids, int64_t count, int64_t side, int64_t S,
+                                 double* __restrict__ basis_eig, double* __restrict__ basis_vec) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= count * side * (side + 1)) return;
+  const int64_t i = e / (side * (side + 1)), q = e % (side * (side + 1)), c = ids[i];
+  if (q < side * side)
+    basis_vec[(c * S + q / side) * S + q % side] = vec[i * side * side + q];
+  else
+    basis_eig[c * S + (q - side * side)] = eig[i * side + (q - side * side)];
+}
+
+// Per-cluster column sums and largest squared row norms, for every cluster.
+struct Sums {
+  at::Tensor colsum;  // (P * k, d) float64
+  at::Tensor max_sq;  // (P * k,) float64
 };
 
-Centred centre(const at::Tensor& x, const Clusters& g) {
-  const int64_t clusters = g.P * g.k;
+Sums cluster_sums(const at::Tensor& x, const Clusters& g) {
+  const int64_t clusters = g.P * g.k, points = g.P * g.M;
   const auto dopts = x.options().dtype(at::kDouble);
-  at::Tensor colsum = at::empty({clusters, g.d}, dopts), max_sq = at::empty({clusters}, dopts);
-  at::Tensor z = at::empty({clusters, g.rows, g.d}, dopts);
+  Sums out{at::empty({clusters, g.d}, dopts), at::empty({clusters}, dopts)};
+  at::Tensor sq = at::empty({points}, dopts);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_css_centre_cuda", [&] {
-    cluster_sums_kernel<scalar_t><<<blocks_for(clusters * (g.d + 1)), kThreads, 0, stream>>>(
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_css_sums_cuda", [&] {
+    cluster_colsum_kernel<scalar_t><<<blocks_for(clusters * g.d), kThreads, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), g.order.const_data_ptr<int64_t>(), g.start.const_data_ptr<int64_t>(),
-        g.counts.const_data_ptr<int64_t>(), clusters, g.d, colsum.data_ptr<double>(), max_sq.data_ptr<double>());
+        g.counts.const_data_ptr<int64_t>(), clusters, g.d, out.colsum.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    centred_kernel<scalar_t><<<blocks_for(z.numel()), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), g.order.const_data_ptr<int64_t>(), g.start.const_data_ptr<int64_t>(),
-        g.counts.const_data_ptr<int64_t>(), colsum.const_data_ptr<double>(), clusters, g.rows, g.d,
-        z.data_ptr<double>());
+    row_norms_kernel<scalar_t><<<blocks_for(points), kThreads, 0, stream>>>(x.const_data_ptr<scalar_t>(), points, g.d,
+                                                                           sq.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {z, max_sq};
+  cluster_max_kernel<<<static_cast<unsigned int>(clusters), kThreads, 0, stream>>>(
+      sq.const_data_ptr<double>(), g.order.const_data_ptr<int64_t>(), g.start.const_data_ptr<int64_t>(),
+      g.counts.const_data_ptr<int64_t>(), out.max_sq.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
 }
 
-at::Tensor gram(const at::Tensor& z, const Clusters& g) {
+// The ids of batch b (on the device) and its padded centred matrices (count, rows, d).
+at::Tensor batch_ids(const Clusters& g, const CssBatch& b) { return g.ids.narrow(0, b.begin, b.count); }
+
+at::Tensor centred_batch(const at::Tensor& x, const Clusters& g, const Sums& sums, const CssBatch& b) {
+  at::Tensor z = at::empty({b.count, b.rows, g.d}, x.options().dtype(at::kDouble));
+  const at::Tensor ids = batch_ids(g, b);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_css_centre_cuda", [&] {
+    centred_kernel<scalar_t><<<blocks_for(z.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        x.const_data_ptr<scalar_t>(), g.order.const_data_ptr<int64_t>(), g.start.const_data_ptr<int64_t>(),
+        g.counts.const_data_ptr<int64_t>(), sums.colsum.const_data_ptr<double>(), ids.const_data_ptr<int64_t>(),
+        b.count, b.rows, g.d, z.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return z;
+}
+
+at::Tensor gram(const at::Tensor& z, const CssBatch& b, int64_t d) {
   const at::Tensor zt = z.transpose(1, 2);
-  return (g.rows <= g.d ? at::bmm(z, zt) : at::bmm(zt, z)).contiguous();
-}
-
-void check_inputs(const at::Tensor& x, const at::Tensor& labels, int64_t k, const char* op) {
-  check_points(x, op);
-  TORCH_CHECK(x.is_cuda(), "dse::", op, ": expected a CUDA tensor, got one on ", x.device());
-  check_labels(labels, x, op);
-  TORCH_CHECK(k >= 1, "dse::", op, ": k must be >= 1, got ", k);
-  check_label_range(labels, k, op);
+  return (b.rows <= d ? at::bmm(z, zt) : at::bmm(zt, z)).contiguous();
 }
 
 }  // namespace
 
+int64_t set_css_batch_budget(int64_t bytes) {
+  return batch_budget.exchange(bytes > 0 ? bytes : kCssBatchBudgetBytes);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in,
                                                                        const at::Tensor& labels_in, int64_t k,
                                                                        bool keep_basis) {
-  check_inputs(x_in, labels_in, k, "cluster_css");
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
-  const Clusters g = group(x, labels, k);
-  const Centred centred = centre(x, g);
-  auto [eig, vec] = batched_symmetric_eigen(gram(centred.z, g), keep_basis);
-  const int64_t clusters = g.P * k;
-  at::Tensor values = at::empty({g.P, k}, eig.options());
-  css_from_eigs_kernel<<<blocks_for(clusters), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      eig.const_data_ptr<double>(), g.counts.const_data_ptr<int64_t>(), centred.max_sq.const_data_ptr<double>(),
-      clusters, g.side, g.d, values.data_ptr<double>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const auto dopts = eig.options();
-  if (!keep_basis) return {values.to(x.scalar_type()), g.counts, at::empty({0}, dopts), at::empty({0}, dopts)};
-  // The schema's (P, k, S, S) basis, S = min(M - 1, d) >= side: this batch's bases in the leading block.
-  at::Tensor basis_eig = at::zeros({g.P, k, g.S}, dopts), basis_vec = at::zeros({g.P, k, g.S, g.S}, dopts);
-  basis_eig.narrow(2, 0, g.side).copy_(eig.view({g.P, k, g.side}));
-  basis_vec.narrow(2, 0, g.side).narrow(3, 0, g.side).copy_(vec.view({g.P, k, g.side, g.side}));
+  const ClusterCssArgs in = check_cluster_css_args(x_in, labels_in, k, c10::DeviceType::CUDA);
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  const at::Tensor& x = in.x;
+  const Clusters g = group(in, /*backward=*/false);
+  const auto dopts = x.options().dtype(at::kDouble);
+  at::Tensor values = at::zeros({g.P, k}, dopts);  // clusters of < 2 points: 0
+  // The schema's (P, k, S, S) bases, S = min(M - 1, d) >= every batch's side: a cluster's
+  // eigenpairs in the leading side x side block (padded to its bucket, like its matrix).
+  at::Tensor basis_eig = keep_basis ? at::zeros({g.P, k, g.S}, dopts) : at::empty({0}, dopts);
+  at::Tensor basis_vec = keep_basis ? at::zeros({g.P, k, g.S, g.S}, dopts) : at::empty({0}, dopts);
+  if (!g.plan.batches.empty()) {
+    const Sums sums = cluster_sums(x, g);
+    for (const CssBatch& b : g.plan.batches) {
+      const at::Tensor ids = batch_ids(g, b);
+      auto [eig, vec] = batched_symmetric_eigen(gram(centred_batch(x, g, sums, b), b, g.d), keep_basis);
+      css_from_eigs_kernel<<<blocks_for(b.count), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          eig.const_data_ptr<double>(), g.counts.const_data_ptr<int64_t>(), sums.max_sq.const_data_ptr<double>(),
+          ids.const_data_ptr<int64_t>(), b.count, b.side, g.d, values.data_ptr<double>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (keep_basis) {
+        put_basis_kernel<<<blocks_for(b.count * b.side * (b.side + 1)), kThreads, 0,
+                           at::cuda::getCurrentCUDAStream()>>>(eig.const_data_ptr<double>(),
+                                                               vec.const_data_ptr<double>(),
+                                                               ids.const_data_ptr<int64_t>(), b.count, b.side, g.S,
+                                                               basis_eig.data_ptr<double>(),
+                                                               basis_vec.data_ptr<double>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+  }
   return {values.to(x.scalar_type()), g.counts, basis_eig, basis_vec};
 }
 
 at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& labels_in,
                                 int64_t k, const std::optional<at::Tensor>& eigenvalues,
                                 const std::optional<at::Tensor>& eigenvectors) {
-  const char* op = "cluster_css_backward";
-  check_inputs(x_in, labels_in, k, op);
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
-  const Clusters g = group(x, labels, k);
-  TORCH_CHECK(grad_in.dim() == 2 && grad_in.size(0) == g.P && grad_in.size(1) == k, "dse::", op,
-              ": grad must have shape (", g.P, ", ", k, "), got ", grad_in.sizes());
-  check_on_device(grad_in, x, op, "grad");
-  const Centred centred = centre(x, g);
-  const int64_t clusters = g.P * k;
-  at::Tensor eig, vec;
-  if (eigenvalues.has_value() && eigenvalues->numel() > 0) {  // the forward's kept eigenbases
-    TORCH_CHECK(eigenvectors.has_value() && eigenvalues->sizes() == at::IntArrayRef({g.P, k, g.S}) &&
-                    eigenvectors->sizes() == at::IntArrayRef({g.P, k, g.S, g.S}),
-                "dse::", op, ": the basis must be (P, k, S) eigenvalues and (P, k, S, S) eigenvectors with S = ", g.S);
-    eig = eigenvalues->narrow(2, 0, g.side).reshape({clusters, g.side}).to(at::kDouble).contiguous();
-    vec = eigenvectors->narrow(2, 0, g.side).narrow(3, 0, g.side).reshape({clusters, g.side, g.side})
-              .to(at::kDouble).contiguous();
-  } else {
-    std::tie(eig, vec) = batched_symmetric_eigen(gram(centred.z, g), true);
-  }
-  const at::Tensor grad = grad_in.to(at::kDouble).contiguous();
-  at::Tensor f = at::empty({clusters, g.side}, eig.options());
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  css_gradient_weights_kernel<<<blocks_for(clusters), kThreads, 0, stream>>>(
-      eig.const_data_ptr<double>(), g.counts.const_data_ptr<int64_t>(), centred.max_sq.const_data_ptr<double>(),
-      grad.const_data_ptr<double>(), clusters, g.side, g.d, f.data_ptr<double>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  // dL/dZ = U diag(1 / sigma) U^T Z (or Z V diag(1 / sigma) V^T), scaled per cluster.
-  const at::Tensor w = at::bmm(vec.transpose(1, 2), vec * f.unsqueeze(-1));
-  const at::Tensor y = (g.rows <= g.d ? at::bmm(w, centred.z) : at::bmm(centred.z, w)).contiguous();
+  const ClusterCssBackwardArgs in = check_cluster_css_backward_args(grad_in, x_in, labels_in, k, eigenvalues,
+                                                                    eigenvectors, c10::DeviceType::CUDA);
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  const at::Tensor& x = in.x;
+  const Clusters g = group(in, /*backward=*/true);
   at::Tensor grad_x = at::zeros_like(x);  // ignored points and clusters of < 2 points get no gradient
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_css_backward_cuda", [&] {
-    scatter_centred_kernel<scalar_t><<<blocks_for(clusters * g.d), kThreads, 0, stream>>>(
-        y.const_data_ptr<double>(), g.order.const_data_ptr<int64_t>(), g.start.const_data_ptr<int64_t>(),
-        g.counts.const_data_ptr<int64_t>(), clusters, g.rows, g.d, grad_x.data_ptr<scalar_t>());
+  if (g.plan.batches.empty()) return grad_x;
+  const Sums sums = cluster_sums(x, g);
+  const at::Tensor& grad = in.grad;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  for (const CssBatch& b : g.plan.batches) {
+    const at::Tensor ids = batch_ids(g, b);
+    const at::Tensor z = centred_batch(x, g, sums, b);
+    at::Tensor eig, vec;
+    if (in.basis.present()) {  // the forward's kept eigenbases (float64, on x's device): their leading side block
+      eig = in.basis.eigenvalues.view({g.P * k, g.S}).index_select(0, ids).narrow(1, 0, b.side).contiguous();
+      vec = in.basis.eigenvectors.view({g.P * k, g.S, g.S}).index_select(0, ids).narrow(1, 0, b.side)
+                .narrow(2, 0, b.side).contiguous();
+    } else {
+      std::tie(eig, vec) = batched_symmetric_eigen(gram(z, b, g.d), true);
+    }
+    at::Tensor f = at::empty({b.count, b.side}, eig.options());
+    css_gradient_weights_kernel<<<blocks_for(b.count), kThreads, 0, stream>>>(
+        eig.const_data_ptr<double>(), g.counts.const_data_ptr<int64_t>(), sums.max_sq.const_data_ptr<double>(),
+        grad.const_data_ptr<double>(), ids.const_data_ptr<int64_t>(), b.count, b.side, g.d, f.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+    // dL/dZ = U diag(1 / sigma) U^T Z (or Z V diag(1 / sigma) V^T), scaled per cluster.
+    const at::Tensor w = at::bmm(vec.transpose(1, 2), vec * f.unsqueeze(-1));
+    const at::Tensor y = (b.rows <= g.d ? at::bmm(w, z) : at::bmm(z, w)).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_css_backward_cuda", [&] {
+      scatter_centred_kernel<scalar_t><<<blocks_for(b.count * g.d), kThreads, 0, stream>>>(
+          y.const_data_ptr<double>(), g.order.const_data_ptr<int64_t>(), g.start.const_data_ptr<int64_t>(),
+          g.counts.const_data_ptr<int64_t>(), ids.const_data_ptr<int64_t>(), b.count, b.rows, g.d,
+          grad_x.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
   return grad_x;
 }
 

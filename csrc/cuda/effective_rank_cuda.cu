@@ -1,16 +1,17 @@
-// Effective rank on the GPU, forward and backward.
+// dse::effective_rank and dse::effective_rank_backward on the GPU.
 //
 // The matrices are staged in float64 (gathered through the index when given),
 // their smaller Gram matrices formed with one batched GEMM, decomposed with the
 // batched cuSOLVER eigensolver (cuda/solver.cuh), and reduced per matrix by the
 // same host/device routines the CPU kernels use (common/spectrum.h). The backward
-// follows csrc/cpu/spectral_backward_cpu.cpp: dL/dS = U diag(h / sigma) U^T S
-// (or S V diag(h / sigma) V^T when taller than wide).
+// follows the CPU kernel (cpu/singular_gradient.h): dL/dS = U diag(h / sigma) U^T S
+// (or S V diag(h / sigma) V^T when taller than wide). Arguments are checked first by
+// common/effective_rank_args.h, as on the CPU.
 #include <torch/library.h>
 
 #include <cmath>
 
-#include "common/checks.h"
+#include "common/effective_rank_args.h"
 #include "common/spectrum.h"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/solver.cuh"
@@ -54,29 +55,13 @@ struct RankInputs {
   int64_t P, m, d, S;
 };
 
-RankInputs stage(const at::Tensor& x, const std::optional<at::Tensor>& index_in, const char* op) {
-  TORCH_CHECK(x.is_cuda(), "dse::", op, ": expected a CUDA tensor, got one on ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "dse::", op,
-              ": x must be float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(x.numel() > 0, "dse::", op, ": x must not be empty, got shape ", x.sizes());
-  RankInputs in;
-  if (index_in.has_value()) {
-    in.index = index_in->contiguous();
-    TORCH_CHECK(x.dim() == 2, "dse::", op, ": with index, x must be a 2-D (rows, dim) table, got shape ", x.sizes());
-    TORCH_CHECK(in.index.dim() == 2 && in.index.numel() > 0 && in.index.scalar_type() == at::kLong, "dse::", op,
-                ": index must be a non-empty 2-D int64 tensor (matrices, rows), got ", in.index.sizes());
-    check_on_device(in.index, x, op, "index");
-    const int64_t lo = in.index.min().item<int64_t>(), hi = in.index.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < x.size(0), "dse::", op, ": index must lie in [0, ", x.size(0), "), got [", lo, ", ",
-                hi, "]");
-    in.P = in.index.size(0), in.m = in.index.size(1), in.d = x.size(1);
-    in.z = x.index_select(0, in.index.reshape({-1})).view({in.P, in.m, in.d}).to(at::kDouble);
-  } else {
-    check_points(x, op);
-    in.P = x.size(0), in.m = x.size(1), in.d = x.size(2);
-    in.z = x.to(at::kDouble).contiguous();
-  }
-  in.S = std::min(in.m, in.d);
+// The matrices of checked arguments, staged in float64.
+RankInputs stage(const EffectiveRankArgs& args) {
+  RankInputs in{at::Tensor(), args.index, args.P, args.m, args.d, args.S};
+  if (in.index.defined())
+    in.z = args.x.index_select(0, in.index.reshape({-1})).view({in.P, in.m, in.d}).to(at::kDouble);
+  else
+    in.z = args.x.to(at::kDouble).contiguous();
   return in;
 }
 
@@ -90,8 +75,9 @@ at::Tensor gram(const RankInputs& in) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> effective_rank(const at::Tensor& x,
                                                               const std::optional<at::Tensor>& index,
                                                               bool keep_basis) {
+  const EffectiveRankArgs args = check_effective_rank_args(x, index, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
-  const RankInputs in = stage(x, index, "effective_rank");
+  const RankInputs in = stage(args);
   auto [eig, vec] = batched_symmetric_eigen(gram(in), keep_basis);
   at::Tensor values = at::empty({in.P}, eig.options());
   rank_from_eigs_kernel<<<blocks_for(in.P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -105,23 +91,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> effective_rank(const at::Tensor& 
 at::Tensor effective_rank_backward(const at::Tensor& grad_in, const at::Tensor& x,
                                    const std::optional<at::Tensor>& index, const std::optional<at::Tensor>& eigenvalues,
                                    const std::optional<at::Tensor>& eigenvectors) {
-  const char* op = "effective_rank_backward";
+  const EffectiveRankBackwardArgs args =
+      check_effective_rank_backward_args(grad_in, x, index, eigenvalues, eigenvectors, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
-  const RankInputs in = stage(x, index, op);
-  TORCH_CHECK(grad_in.dim() == 1 && grad_in.size(0) == in.P, "dse::", op, ": grad must have shape (", in.P,
-              ",), got ", grad_in.sizes());
-  check_on_device(grad_in, x, op, "grad");
+  const RankInputs in = stage(args);
   at::Tensor eig, vec;
-  if (eigenvalues.has_value() && eigenvalues->numel() > 0) {  // the forward's kept eigenbases
-    TORCH_CHECK(eigenvectors.has_value() && eigenvalues->sizes() == at::IntArrayRef({in.P, in.S}) &&
-                    eigenvectors->sizes() == at::IntArrayRef({in.P, in.S, in.S}),
-                "dse::", op, ": the basis must be (P, S) eigenvalues and (P, S, S) eigenvectors with S = ", in.S);
-    eig = eigenvalues->to(at::kDouble).contiguous();
-    vec = eigenvectors->to(at::kDouble).contiguous();
+  if (args.basis.present()) {  // the forward's kept eigenbases (float64, on x's device)
+    eig = args.basis.eigenvalues;
+    vec = args.basis.eigenvectors;
   } else {
     std::tie(eig, vec) = batched_symmetric_eigen(gram(in), true);
   }
-  const at::Tensor grad = grad_in.to(at::kDouble).contiguous();
+  const at::Tensor& grad = args.grad;
   at::Tensor f = at::empty({in.P, in.S}, eig.options());
   rank_gradient_weights_kernel<<<blocks_for(in.P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       eig.const_data_ptr<double>(), grad.const_data_ptr<double>(), in.P, in.S, in.S, f.data_ptr<double>());

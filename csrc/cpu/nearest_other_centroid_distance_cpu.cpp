@@ -1,17 +1,17 @@
-// Distance from each point to the nearest centroid other than its own (CPU).
-// The candidate is chosen from a GEMM per problem; its distance is then
-// measured directly in float64 so that it carries no cancellation error.
+// dse::nearest_other_centroid_distance and its backward on the CPU: the distance
+// from each point to the nearest centroid other than its own, and its gradient with
+// respect to the points and the centroids. The candidate is chosen from a GEMM per
+// problem; its distance is then measured directly in float64 so that it carries no
+// cancellation error.
 #include <ATen/ATen.h>
-#include <torch/library.h>
-
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <cmath>
 #include <limits>
 #include <vector>
 
-#include "common/checks.h"
-#include "common/nearest_args.h"
+#include "common/nearest_other_centroid_distance_args.h"
 #include "cpu/kernels.h"
 #include "cpu/lapack.h"
 
@@ -40,13 +40,6 @@ double squared_norm(const scalar_t* a, int64_t d) {
   double s = 0.0;
   for (int64_t t = 0; t < d; ++t) s += static_cast<double>(a[t]) * static_cast<double>(a[t]);
   return s;
-}
-
-
-NearestArgs check_cpu_args(const at::Tensor& x, const at::Tensor& c, const at::Tensor& labels,
-                           const std::optional<at::Tensor>& valid, const char* op) {
-  check_cpu(x, op);
-  return check_nearest_args(x, c, labels, valid, op);
 }
 
 // For every point, the nearest valid centroid other than its own (-1: none, or an
@@ -90,7 +83,7 @@ std::vector<int64_t> nearest_other_choice(const NearestArgs& in) {
 
 at::Tensor nearest_other_centroid_distance(const at::Tensor& x_in, const at::Tensor& centroids_in,
                                            const at::Tensor& labels_in, const std::optional<at::Tensor>& valid_in) {
-  const NearestArgs in = check_cpu_args(x_in, centroids_in, labels_in, valid_in, "nearest_other_centroid_distance");
+  const NearestArgs in = check_nearest_args(x_in, centroids_in, labels_in, valid_in, c10::DeviceType::CPU);
   at::Tensor out = at::zeros({in.P, in.M}, in.x.options());
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_nearest_other_cpu", [&] {
     const std::vector<int64_t> best = nearest_other_choice<scalar_t>(in);
@@ -110,9 +103,9 @@ at::Tensor nearest_other_centroid_distance(const at::Tensor& x_in, const at::Ten
 std::tuple<at::Tensor, at::Tensor> nearest_other_centroid_distance_backward(
     const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& centroids_in, const at::Tensor& labels_in,
     const std::optional<at::Tensor>& valid_in) {
-  const char* op = "nearest_other_centroid_distance_backward";
-  const NearestArgs in = check_cpu_args(x_in, centroids_in, labels_in, valid_in, op);
-  const at::Tensor grad = check_nearest_grad(grad_in, in, op);
+  const NearestBackwardArgs in =
+      check_nearest_backward_args(grad_in, x_in, centroids_in, labels_in, valid_in, c10::DeviceType::CPU);
+  const at::Tensor& grad = in.grad;
   at::Tensor grad_x = at::zeros_like(in.x);
   at::Tensor target = at::full({in.P * in.M}, in.P * in.k, in.x.options().dtype(at::kLong));  // dump row P * k
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_nearest_other_backward_cpu", [&] {

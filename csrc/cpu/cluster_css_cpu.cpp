@@ -1,0 +1,152 @@
+// dse::cluster_css and dse::cluster_css_backward on the CPU: per-cluster centred
+// singular-value sums and their gradient.
+//
+// Points are grouped by label (cpu/cluster_rows.h) and every cluster of n >= 2
+// points becomes its Householder-centred (n - 1, d) matrix (common/spectrum.h),
+// whose singular values are the square roots of the eigenvalues of its smaller Gram
+// matrix, in float64. The forward computes eigenvalues only, four matrices at a time
+// (cpu/gram_spectra.h); with keep_basis, and in the backward, each cluster's Gram
+// matrix is decomposed with its eigenvectors (cpu/singular_gradient.h).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common/cluster_css_args.h"
+#include "common/spectrum.h"
+#include "cpu/cluster_rows.h"
+#include "cpu/gram_spectra.h"
+#include "cpu/kernels.h"
+#include "cpu/singular_gradient.h"
+
+namespace dse::cpu {
+namespace {
+
+// The clusters of every problem: cluster c = p * k + j is label j of problem p.
+struct Grouping {
+  std::vector<int64_t> order, offsets;  // group_by_label
+  int64_t P, M, k;
+  explicit Grouping(const ClusterCssArgs& in) : P(in.P), M(in.M), k(in.k) {
+    group_by_label(in.labels.const_data_ptr<int64_t>(), in.P, in.M, in.k, order, offsets);
+  }
+  int64_t size(int64_t c) const {
+    const int64_t* off = offsets.data() + (c / k) * (k + 1) + c % k;
+    return off[1] - off[0];
+  }
+  const int64_t* members(int64_t c) const { return order.data() + (c / k) * M + offsets[(c / k) * (k + 1) + c % k]; }
+  // Clusters with >= 2 members (and keep(c)), largest first.
+  template <typename Keep>
+  std::vector<int64_t> largest_first(Keep keep) const {
+    std::vector<int64_t> ids;
+    for (int64_t c = 0; c < P * k; ++c)
+      if (size(c) >= 2 && keep(c)) ids.push_back(c);
+    std::stable_sort(ids.begin(), ids.end(), [&](int64_t a, int64_t b) { return size(a) > size(b); });
+    return ids;
+  }
+};
+
+void sum_of_sigma(const double*, int64_t m, double* h) {
+  for (int64_t i = 0; i < m; ++i) h[i] = 1.0;  // d(sum sigma) / d sigma_i
+}
+
+// keep_basis: values (P, k) float64, eigenvalues (P, k, S) and eigenvectors (P, k, S, S),
+// cluster c's min(n_c - 1, d) eigenpairs in the leading entries, zeros elsewhere.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> css_with_basis(const ClusterCssArgs& in, const Grouping& g) {
+  const int64_t P = in.P, M = in.M, d = in.d, k = in.k, S = in.S;
+  const std::vector<int64_t> ids = g.largest_first([](int64_t) { return true; });
+  const auto opts = in.x.options().dtype(at::kDouble);
+  at::Tensor values = at::zeros({P, k}, opts), eig = at::zeros({P, k, S}, opts), vec = at::zeros({P, k, S, S}, opts);
+  double* vp = values.data_ptr<double>();
+  double* ep = eig.data_ptr<double>();
+  double* gp = vec.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_cluster_css_keep_basis_cpu", [&] {
+    const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
+    for_each_matrix(ids, [&](int64_t c, Scratch& s) {
+      const int64_t p = c / k, n = g.size(c);
+      std::vector<double> z((n - 1) * d);
+      const double noise = fill_centred<scalar_t>(xp + p * M * d, g.members(c), n, d, z.data(), 1);
+      const int64_t side = gram_basis(z.data(), n - 1, d, ep + c * S, gp + c * S * S, S, s.eigen);
+      vp[c] = nuclear_norm_from_eigs(ep + c * S, side, noise) / css_denominator(n, d);
+    });
+  });
+  return {values, eig, vec};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in,
+                                                                       const at::Tensor& labels_in, int64_t k,
+                                                                       bool keep_basis) {
+  const ClusterCssArgs in = check_cluster_css_args(x_in, labels_in, k, c10::DeviceType::CPU);
+  const int64_t P = in.P, M = in.M, d = in.d;
+  const Grouping g(in);
+  at::Tensor counts = at::empty({P, k}, in.x.options().dtype(at::kLong));
+  int64_t* np = counts.data_ptr<int64_t>();
+  std::vector<int64_t> rows(P * k);
+  for (int64_t c = 0; c < P * k; ++c) {
+    np[c] = g.size(c);
+    rows[c] = np[c] >= 2 ? np[c] - 1 : 0;  // clusters with fewer than 2 points are skipped
+  }
+
+  if (keep_basis) {
+    auto [values, eig, vec] = css_with_basis(in, g);
+    return {values.to(in.x.scalar_type()), counts, eig, vec};
+  }
+  at::Tensor values = at::zeros({P, k}, in.x.options().dtype(at::kDouble));
+  std::vector<double> noise(P * k, 0.0);  // each cluster's centring noise floor, set by its fill
+  double* vp = values.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_cluster_css_cpu", [&] {
+    const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
+    gram_spectra(
+        rows, d,
+        [&](int64_t c, double* dst, int64_t stride) {
+          noise[c] = fill_centred<scalar_t>(xp + (c / k) * M * d, g.members(c), np[c], d, dst, stride);
+        },
+        [&](int64_t c, const double* eig, int64_t m) {
+          vp[c] = nuclear_norm_from_eigs(eig, m, noise[c]) / css_denominator(np[c], d);
+        });
+  });
+  const auto empty = in.x.options().dtype(at::kDouble);
+  return {values.to(in.x.scalar_type()), counts, at::empty({0}, empty), at::empty({0}, empty)};
+}
+
+at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& labels_in,
+                                int64_t k, const std::optional<at::Tensor>& eigenvalues,
+                                const std::optional<at::Tensor>& eigenvectors) {
+  const ClusterCssBackwardArgs in = check_cluster_css_backward_args(grad_in, x_in, labels_in, k, eigenvalues,
+                                                                    eigenvectors, c10::DeviceType::CPU);
+  const int64_t M = in.M, d = in.d, S = in.S;
+  const double* gp = in.grad.const_data_ptr<double>();
+  const bool have_basis = in.basis.present();  // the forward's Gram eigen-decompositions (keep_basis)
+  const Grouping g(in);
+  // clusters with >= 2 members and a non-zero incoming gradient, largest first
+  const std::vector<int64_t> ids = g.largest_first([&](int64_t c) { return gp[c] != 0.0; });
+
+  at::Tensor out = at::zeros_like(in.x);  // clusters of < 2 points and ignored points get no gradient
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_cluster_css_backward_cpu", [&] {
+    const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
+    scalar_t* op_out = out.data_ptr<scalar_t>();
+    for_each_matrix(ids, [&](int64_t c, Scratch& s) {
+      const int64_t p = c / k, n = g.size(c);
+      const int64_t* members = g.members(c);
+      std::vector<double> z((n - 1) * d), y((n - 1) * d);
+      const double noise = fill_centred<scalar_t>(xp + p * M * d, members, n, d, z.data(), 1);
+      if (have_basis)
+        apply_singular_gradient(z.data(), n - 1, d, in.basis.eigenvalues.const_data_ptr<double>() + c * S,
+                                in.basis.eigenvectors.const_data_ptr<double>() + c * S * S, S, sum_of_sigma, y.data(),
+                                s, noise);
+      else
+        singular_gradient(z.data(), n - 1, d, sum_of_sigma, y.data(), s, noise);
+      scatter_centred_gradient<scalar_t>(y.data(), members, n, d, gp[c] / css_denominator(n, d), op_out + p * M * d);
+    });
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(dse, CPU, m) {
+  m.impl("cluster_css", &cluster_css);
+  m.impl("cluster_css_backward", &cluster_css_backward);
+}
+
+}  // namespace dse::cpu

@@ -1,0 +1,48 @@
+// Gram eigenbases and gradients through singular values, for the CPU kernels of
+// cluster_css and effective_rank (their keep_basis forwards and their backwards).
+//
+// For a matrix Z = U diag(sigma) V^T and a loss with dL/dsigma_i = h_i, the
+// gradient is dL/dZ = U diag(h) V^T. Through the smaller Gram matrix:
+//   rows <= cols: G = Z Z^T = U diag(sigma^2) U^T,  dL/dZ = U diag(h / sigma) U^T Z
+//   rows >  cols: G = Z^T Z = V diag(sigma^2) V^T,  dL/dZ = Z V diag(h / sigma) V^T
+// Singular values under the noise floor (common/spectrum.h) count as exact zeros
+// and get no gradient: the subgradient of the nuclear norm that is 0 on the null
+// space, and the only finite choice for the entropy of the effective rank.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "cpu/lapack.h"
+
+namespace dse::cpu {
+
+// dsigma(sigma, m, h): h[i] = dL/dsigma_i for the m ascending singular values (zeros included).
+using SigmaGradient = std::function<void(const double*, int64_t, double*)>;
+
+// Per-thread scratch of the routines below.
+struct Scratch {
+  std::vector<double> gram, eig, sigma, h, weighted, w;
+  SymmetricEigen eigen;
+};
+
+// Eigen-decomposition of the smaller Gram matrix of z (rows x cols, row-major):
+// side = min(rows, cols) eigenvalues to eig (ascending) and eigenvectors to the rows
+// of vec (row i at vec + i * ldv). vec also receives the Gram matrix first. Returns side.
+int64_t gram_basis(const double* z, int64_t rows, int64_t cols, double* eig, double* vec, int64_t ldv,
+                   SymmetricEigen& eigen);
+
+// y (rows x cols) = dL/dZ for z, from z's Gram eigen-decomposition (gram_basis).
+// min_floor: an absolute Gram eigenvalue floor (gram_noise_floor).
+void apply_singular_gradient(const double* z, int64_t rows, int64_t cols, const double* eig, const double* vec,
+                             int64_t ldv, const SigmaGradient& dsigma, double* y, Scratch& s, double min_floor);
+
+// The same, decomposing z's Gram matrix first.
+void singular_gradient(const double* z, int64_t rows, int64_t cols, const SigmaGradient& dsigma, double* y,
+                       Scratch& s, double min_floor = 0.0);
+
+// Runs task(id, scratch) for every id in ids (in that order of priority: put the
+// costliest first) on all threads, each thread taking the next id as it frees up.
+void for_each_matrix(const std::vector<int64_t>& ids, const std::function<void(int64_t, Scratch&)>& task);
+
+}  // namespace dse::cpu
