@@ -43,7 +43,7 @@ def main(out: str) -> None:
     loss.backward()
     synced = [p.grad.detach().clone() for p in ddp.module.parameters()]
     losses = [None] * world
-    dist.all_gather_object(losses, float(loss))
+    dist.all_gather_object(losses, float(loss.detach()))
     all_grads = [None] * world
     dist.all_gather_object(all_grads, synced)
     if rank == 0:
@@ -58,6 +58,7 @@ def main(out: str) -> None:
         }
         with open(out, "w") as f:
             json.dump(verdict, f)
+    dist.barrier()  # rank 1 waits for rank 0's extra work: a peer leaving early can abort gloo's threads
     dist.destroy_process_group()
 
 
