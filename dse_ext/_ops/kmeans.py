@@ -72,13 +72,12 @@ def kmeans(x, num_clusters: int, *, max_iters: int = 20, tol: float = 1e-4, seed
         ``(M,)`` / ``(P, M)`` int64. Labels are the nearest returned centroid, ties to the
         lowest index.
 
-    Degenerate problems (same rule in every backend): when every point coincides with a chosen
-    centroid (the total D² weight is 0), the next seed is point ``min(floor(u·n), n − 1)`` of the
-    uniform draw ``u``, so a problem with fewer distinct points than k gets duplicate centroids;
-    an empty cluster keeps its centroid. Which duplicate is drawn may differ between the compiled
-    kernels and :mod:`dse_ext.reference` (the compiled seeding measures distances through a GEMM
-    whose rounding can leave duplicates a tiny weight); the partition into non-empty clusters
-    is the same. :func:`dse_ext.dse` merges clusters whose centroids coincide and ignores empty ones.
+    Degenerate problems (same rule in every backend, see the README's "k-means ties"): a point
+    equal to a chosen centroid weighs 0 in the seeding, so it is never drawn while any point
+    weighs more; when every weight is 0 (fewer distinct points than k) the next seed is point
+    ``min(floor(u·n), n − 1)`` of the uniform draw ``u``, a duplicate centroid, and such
+    clusters stay empty (an empty cluster keeps its centroid). :func:`dse_ext.dse` merges
+    clusters whose centroids coincide and ignores empty ones.
     """
     b, counts_t, code = prepare(x, num_clusters, max_iters, tol, init, counts, seed)
     require_kernel(b.x)
