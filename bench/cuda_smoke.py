@@ -5,12 +5,12 @@
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python bench/cuda_smoke.py
 
 Calls the forward and the backward op of every operator (with and without the kept eigenbasis,
-with and without an index / a validity mask), k-means with both seedings and with coincident
-points, every CUDA eigensolver ("auto", "jacobi", "batched", "torch", pinned in turn through
-``dse_ext._C._set_cuda_eigen_solver``) on matrices of n <= 32 and n > 32, a batch of more than
-65535 matrices (the solvers work in chunks of at most 65535), and dse_ext.dse and the
-regularizer forward + backward. Sizes are small: under memcheck every kernel runs far slower.
-Prints one line per call (``ok`` or ``FAIL``) and exits with status 1 when any call failed.
+with and without an index / a validity mask, cluster_css with its sizes given), k-means with
+both seedings and with coincident points, every CUDA eigensolver ("auto", "jacobi", "batched",
+"torch", pinned in turn through ``dse_ext._C._set_cuda_eigen_solver``) on matrices of n <= 32
+and n > 32, a batch of more than 65535 matrices (the solvers work in chunks of at most 65535),
+and dse_ext.dse and the regularizer forward + backward. Sizes are small: under memcheck every
+kernel runs far slower. Prints one line per call (``ok`` or ``FAIL``) and exits with status 1 when any call failed.
 Uses its own generators; torch's global RNG is never touched.
 """
 
@@ -113,6 +113,14 @@ def css_checks(device, gen, label=""):
         for with_basis in (False, True):
             check(f"{name} backward basis={with_basis}", lambda dev: backward(dev, with_basis), device, **tol(dtype))
 
+        def with_sizes(dev):  # the member counts given on the CPU: batches planned without a host read
+            sizes = torch.stack([torch.bincount(row[row >= 0], minlength=k) for row in labels])
+            out = op.cluster_css(x.to(dev), labels.to(dev), k, True, sizes)
+            grad_x = op.cluster_css_backward(grad.to(dev), x.to(dev), labels.to(dev), k, out[2], out[3], sizes)
+            return out[0], out[1], grad_x
+
+        check(f"{name} sizes given, fwd+bwd", with_sizes, device, **tol(dtype))
+
 
 def erank_checks(device, gen, label=""):
     op = torch.ops.dse
@@ -131,6 +139,7 @@ def erank_checks(device, gen, label=""):
 
         for with_basis in (False, True):
             check(f"{name} backward basis={with_basis}", lambda dev: backward(dev, with_basis), device, **tol(dtype))
+
         table = x.reshape(-1, shape[-1])
         index = torch.randint(0, table.shape[0], (4, 7), generator=gen)
         g4 = torch.randn(4, generator=gen, dtype=dtype)

@@ -77,15 +77,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_css(const at:
                                                                        int64_t k, bool keep_basis = false) {
   using Out = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
   static auto op = dispatcher().findSchemaOrThrow("dse::cluster_css", "").typed<Out(
-      const at::Tensor&, const at::Tensor&, int64_t, bool)>();
-  return op.call(x, labels, k, keep_basis);
+      const at::Tensor&, const at::Tensor&, int64_t, bool, const OptTensor&)>();
+  return op.call(x, labels, k, keep_basis, std::nullopt);
 }
 
 at::Tensor cluster_css_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& labels, int64_t k,
                                 const OptTensor& eig = std::nullopt, const OptTensor& vec = std::nullopt) {
   static auto op = dispatcher().findSchemaOrThrow("dse::cluster_css_backward", "").typed<at::Tensor(
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, const OptTensor&, const OptTensor&)>();
-  return op.call(grad, x, labels, k, eig, vec);
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, const OptTensor&, const OptTensor&,
+      const OptTensor&)>();
+  return op.call(grad, x, labels, k, eig, vec, std::nullopt);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> effective_rank(const at::Tensor& x,
@@ -153,17 +154,20 @@ TEST(KmeansArgs, SameErrorThroughTheOpAndTheCheck) {
 }
 
 TEST(KmeansArgs, CountsOnTheCpuOrOnXsDevice) {
-  // Rule (both devices): counts may be on the CPU or on x's device; the kernel gets it on x's device.
+  // Rule (both devices): counts may be on the CPU or on x's device. CPU counts are checked
+  // on the host by every kernel (no pending check) and returned where they are.
   const at::Tensor counts = at::tensor({10, 7}, at::kLong);
-  const at::Tensor host = dse::check_kmeans_counts(counts, 2, 10, 3, gpu, "kmeans");  // CPU counts, x on cuda:0
+  dse::PendingChecks pending;
+  const at::Tensor host = dse::check_kmeans_counts(counts, 2, 10, 3, gpu, pending, "kmeans");  // x on cuda:0
   EXPECT_TRUE(host.device().is_cpu());
   EXPECT_TRUE(at::equal(host, counts));
-  EXPECT_NO_ERROR(dse::check_kmeans_counts(counts, 2, 10, 3, c10::Device(c10::kCPU), "kmeans"));
+  EXPECT_TRUE(pending.empty());
+  EXPECT_NO_ERROR(dse::check_kmeans_counts(counts, 2, 10, 3, c10::Device(c10::kCPU), pending, "kmeans"));
   // Anywhere else: refused before its values are read.
-  EXPECT_ERROR(dse::check_kmeans_counts(counts.to(at::kMeta), 2, 10, 3, gpu, "kmeans"),
+  EXPECT_ERROR(dse::check_kmeans_counts(counts.to(at::kMeta), 2, 10, 3, gpu, pending, "kmeans"),
                "dse::kmeans: counts is on meta but must be on the CPU or on x's device (cuda:0)");
-  // The values are checked the same way whatever the device of x.
-  EXPECT_ERROR(dse::check_kmeans_counts(at::tensor({10, 2}, at::kLong), 2, 10, 3, gpu, "kmeans"),
+  // CPU values are checked the same way whatever the device of x.
+  EXPECT_ERROR(dse::check_kmeans_counts(at::tensor({10, 2}, at::kLong), 2, 10, 3, gpu, pending, "kmeans"),
                "need between k = 3 and M = 10");
   // The CUDA kernel refuses a CPU x (what the dispatcher does with CPU x and CUDA counts).
   EXPECT_ERROR(dse::check_kmeans_args(points(), counts, 3, 5, 1e-4, 0, kCuda),
@@ -174,7 +178,7 @@ TEST(KmeansArgs, CountsOnTheCpuOrOnXsDevice) {
 TEST(ClusterCssArgs, SameErrorThroughTheOpAndTheCheck) {
   const at::Tensor x = points(), labels = good_labels();
   auto check = [](const at::Tensor& x, const at::Tensor& labels, int64_t k) {
-    return dse::check_cluster_css_args(x, labels, k, kCpu);
+    return dse::check_cluster_css_args(x, labels, k, std::nullopt, kCpu);
   };
   expect_same_errors({
       {"2-D x", [&] { cluster_css(x[0], labels, 3); }, [&] { check(x[0], labels, 3); }, "x must be 3-D"},
@@ -196,7 +200,7 @@ TEST(ClusterCssArgs, BackwardSameErrorThroughTheOpAndTheCheck) {
   const auto [values, counts, eig, vec] = cluster_css(x, labels, 3, /*keep_basis=*/true);
   ASSERT_EQ(eig.sizes(), at::IntArrayRef({2, 3, 3}));  // S = min(M - 1, d) = 3
   auto check = [&](const at::Tensor& g, const OptTensor& e, const OptTensor& v) {
-    return dse::check_cluster_css_backward_args(g, x, labels, 3, e, v, kCpu);
+    return dse::check_cluster_css_backward_args(g, x, labels, 3, e, v, std::nullopt, kCpu);
   };
   auto op = [&](const at::Tensor& g, const OptTensor& e, const OptTensor& v) {
     return cluster_css_backward(g, x, labels, 3, e, v);
@@ -220,7 +224,7 @@ TEST(ClusterCssArgs, BackwardSameErrorThroughTheOpAndTheCheck) {
        "the kept basis must be eigenvalues of shape [2, 3, 3] and eigenvectors of shape [2, 3, 3, 3] "
        "((P, k, S) and (P, k, S, S), S = min(M - 1, d)), got [2, 3, 2] and [2, 3, 2, 2]"},
       {"labels range", [&] { cluster_css_backward(grad, x, labels + 1, 3); },
-       [&] { dse::check_cluster_css_backward_args(grad, x, labels + 1, 3, std::nullopt, std::nullopt, kCpu); },
+       [&] { dse::check_cluster_css_backward_args(grad, x, labels + 1, 3, std::nullopt, std::nullopt, std::nullopt, kCpu); },
        "dse::cluster_css_backward: labels must lie in [-1, 3)"},
   });
   // The kept basis and a recomputed one give the same gradient; empty tensors mean "recompute".
@@ -354,7 +358,7 @@ TEST(DeviceRules, CudaKernelRefusesCpuX) {
   for (const char* op : {"kmeans", "cluster_css", "effective_rank", "nearest_other_centroid_distance"})
     EXPECT_ERROR(dse::check_kernel_device(points(), kCuda, op),
                  std::string("dse::") + op + ": this is the CUDA kernel but x is on cpu");
-  EXPECT_ERROR(dse::check_cluster_css_args(points(), good_labels(), 3, kCuda), "this is the CUDA kernel");
+  EXPECT_ERROR(dse::check_cluster_css_args(points(), good_labels(), 3, std::nullopt, kCuda), "this is the CUDA kernel");
   EXPECT_ERROR(dse::check_effective_rank_args(points(), std::nullopt, kCuda), "this is the CUDA kernel");
   EXPECT_ERROR(dse::check_nearest_args(points(), at::randn({2, 3, 3}, at::kDouble), good_labels(), std::nullopt, kCuda),
                "this is the CUDA kernel");
@@ -388,9 +392,10 @@ TEST(DeviceRules, KeptBasisOnAnotherDeviceIsRefused) {
 
 TEST(DeviceRules, OtherTensorArgumentsMustBeOnXsDevice) {
   const char* op = "some_op";
+  dse::PendingChecks pending;
   EXPECT_ERROR(dse::check_labels(good_labels(), 2, 10, gpu, op),
                "dse::some_op: labels is on cpu but x is on cuda:0; pass labels on x's device");
-  EXPECT_ERROR(dse::check_rank_index(at::zeros({2, 3}, at::kLong), 5, gpu, op), "index is on cpu but x is on cuda:0");
+  EXPECT_ERROR(dse::check_rank_index(at::zeros({2, 3}, at::kLong), 5, gpu, op, kCuda, pending), "index is on cpu but x is on cuda:0");
   EXPECT_ERROR(dse::check_valid_centroids(at::ones({2, 3}, at::kBool), 2, 3, gpu, op),
                "valid is on cpu but x is on cuda:0");
   EXPECT_ERROR(dse::check_grad(at::ones({2, 3}), {2, 3}, "(P, k)", gpu, at::kDouble, op),
@@ -399,12 +404,64 @@ TEST(DeviceRules, OtherTensorArgumentsMustBeOnXsDevice) {
                "centroids is on cpu but x is on cuda:0");
   // Shapes and dtypes are checked before devices, with the same messages as on the CPU.
   EXPECT_ERROR(dse::check_labels(good_labels().to(at::kInt), 2, 10, gpu, op), "labels must be int64, got Int");
-  EXPECT_ERROR(dse::check_rank_index(at::zeros({6}, at::kLong), 5, gpu, op), "index must be a non-empty 2-D int64");
+  EXPECT_ERROR(dse::check_rank_index(at::zeros({6}, at::kLong), 5, gpu, op, kCuda, pending), "index must be a non-empty 2-D int64");
   // On x's device each is accepted.
   const c10::Device cpu(c10::kCPU);
   EXPECT_NO_ERROR(dse::check_labels(good_labels(), 2, 10, cpu, op));
-  EXPECT_NO_ERROR(dse::check_rank_index(at::zeros({2, 3}, at::kLong), 5, cpu, op));
+  EXPECT_NO_ERROR(dse::check_rank_index(at::zeros({2, 3}, at::kLong), 5, cpu, op, kCpu, pending));
   EXPECT_NO_ERROR(dse::check_valid_centroids(at::ones({2, 3}, at::kBool), 2, 3, cpu, op));
   EXPECT_EQ(dse::check_grad(at::ones({2, 3}, at::kFloat), {2, 3}, "(P, k)", cpu, at::kDouble, op).scalar_type(),
             at::kDouble);
+}
+
+// ---------------------------------------------------------------- value checks
+// On CUDA a value check must not read the device: the args headers hand the kernel a
+// predicate (common/checks.h) that it asserts on the device. Here the CUDA-side rules run
+// on CPU tensors: the predicate is computed, nothing is raised, and it says the truth.
+TEST(ValueChecks, CudaKernelsGetPredicatesInsteadOfHostReads) {
+  const at::Tensor labels = good_labels();
+  auto label_check = [](const at::Tensor& l) {
+    dse::PendingChecks pending;
+    dse::check_label_range(l, 3, "op", kCuda, pending);
+    EXPECT_EQ(pending.size(), 1u);
+    EXPECT_EQ(pending[0].what, dse::ValueCheck::kLabelRange);
+    return pending[0].ok.item<bool>();
+  };
+  EXPECT_TRUE(label_check(labels));
+  EXPECT_TRUE(label_check(labels - 1));  // -1 = ignored point
+  EXPECT_FALSE(label_check(labels + 1));
+  EXPECT_FALSE(label_check(labels - 2));
+  dse::PendingChecks pending;
+  EXPECT_NO_ERROR(dse::check_rank_index(at::full({2, 3}, 7, at::kLong), 5, c10::Device(c10::kCPU), "op", kCuda, pending));
+  ASSERT_EQ(pending.size(), 1u);
+  EXPECT_EQ(pending[0].what, dse::ValueCheck::kRankIndexRange);
+  EXPECT_FALSE(pending[0].ok.item<bool>());
+  // The CPU kernel raises at once and leaves nothing pending.
+  dse::PendingChecks none;
+  EXPECT_ERROR(dse::check_label_range(labels + 1, 3, "op", kCpu, none), "labels must lie in [-1, 3), got [1, 3]");
+  EXPECT_TRUE(none.empty());
+}
+
+TEST(ValueChecks, CssSizesMustBeTheMemberCounts) {
+  const at::Tensor x = points(), labels = good_labels();
+  const at::Tensor sizes = dse::member_counts(labels, 3);
+  // member_counts: label -1 counts nowhere.
+  const at::Tensor some_ignored = labels.masked_fill(labels == 0, -1);
+  EXPECT_EQ(dse::member_counts(some_ignored, 3).select(1, 0).sum().item<int64_t>(), 0);
+  EXPECT_EQ(sizes.sum().item<int64_t>(), labels.numel());
+  EXPECT_NO_ERROR(dse::check_cluster_css_args(x, labels, 3, sizes, kCpu));
+  EXPECT_ERROR(dse::check_cluster_css_args(x, labels, 3, sizes + 1, kCpu),
+               "sizes must be the member counts of labels, but sizes[0, 0]");
+  EXPECT_ERROR(dse::check_cluster_css_args(x, labels, 3, sizes.narrow(1, 0, 2), kCpu),
+               "sizes must be an int64 tensor of shape (P, k) = (2, 3)");
+  EXPECT_ERROR(dse::check_cluster_css_args(x, labels, 3, sizes.to(at::kMeta), kCpu), "sizes must be on the CPU");
+  // As a CUDA kernel sees them: two predicates (labels, sizes), true only for the right sizes.
+  for (const bool right : {true, false}) {
+    dse::PendingChecks pending;
+    const at::Tensor given = right ? sizes : sizes.flip(1).contiguous();
+    EXPECT_NO_ERROR(dse::check_css_sizes(given, labels, 2, 3, kCuda, pending, "cluster_css"));
+    ASSERT_EQ(pending.size(), 1u);
+    EXPECT_EQ(pending[0].what, dse::ValueCheck::kCssSizes);
+    EXPECT_EQ(pending[0].ok.item<bool>(), right);
+  }
 }

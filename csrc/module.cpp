@@ -16,6 +16,7 @@ EigenSolver set_eigen_solver(EigenSolver solver);
 bool inject_eigen_failure(bool on);
 int64_t set_css_batch_budget(int64_t bytes);
 bool have_batched_syev();
+void defer_eigen_status(int32_t* flag, int device);
 }  // namespace dse::cuda
 #endif
 
@@ -38,6 +39,12 @@ PYBIND11_MODULE(_C, m) {
   // Test hook: the byte budget of a CUDA css chunk (csrc/common/css_batches.h; <= 0 restores the
   // default); returns the previous one.
   m.def("_set_cuda_css_batch_budget", [](int64_t bytes) { return dse::cuda::set_css_batch_budget(bytes); });
+  // Deferred eigensolver status for this thread (cuda/solver.cuh): the address of a 0-dim int32
+  // CUDA tensor the caller keeps alive, and its device index; address 0 ends it. Used by
+  // dse_ext._ops.deferred_eigen_status.
+  m.def("_defer_cuda_eigen_status", [](uintptr_t address, int device) {
+    dse::cuda::defer_eigen_status(reinterpret_cast<int32_t*>(address), device);
+  });
 #else
   m.attr("with_cuda") = false;
   m.attr("cuda_batched_syev") = false;

@@ -33,8 +33,10 @@ TORCH_LIBRARY(dse, m) {
   //   0 where n_j < 2; counts (P, k) int64 = n_j. With keep_basis, also the float64
   //   eigenvalues (P, k, S) and eigenvectors (P, k, S, S), S = min(M - 1, d), of each
   //   cluster's centred Gram matrix, which the backward then reuses; else both are empty.
+  //   sizes (P, k) int64 on the CPU, optional: the member counts when the caller knows them
+  //   (the CUDA kernel then plans its batches without reading the device).
   m.def(
-      "cluster_css(Tensor x, Tensor labels, int k, bool keep_basis=False)"
+      "cluster_css(Tensor x, Tensor labels, int k, bool keep_basis=False, Tensor? sizes=None)"
       " -> (Tensor values, Tensor counts, Tensor eigenvalues, Tensor eigenvectors)");
 
   // Normalized effective rank of each (m, d) matrix: x (P, m, d) -> values (P,).
@@ -63,7 +65,7 @@ TORCH_LIBRARY(dse, m) {
   // the device whose forward computed them), or None / empty tensors to recompute them.
   m.def(
       "cluster_css_backward(Tensor grad, Tensor x, Tensor labels, int k, Tensor? eigenvalues=None,"
-      " Tensor? eigenvectors=None) -> Tensor");
+      " Tensor? eigenvectors=None, Tensor? sizes=None) -> Tensor");
   m.def(
       "effective_rank_backward(Tensor grad, Tensor x, Tensor? index=None, Tensor? eigenvalues=None,"
       " Tensor? eigenvectors=None) -> Tensor");

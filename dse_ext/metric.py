@@ -6,6 +6,7 @@ import math
 import warnings
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from . import _ops, reference
@@ -64,8 +65,8 @@ def _group(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor
     pad = P * group_size - B
     if pad:
         x = torch.cat([x, x.new_zeros(pad, N, d)])
-    counts = torch.full((P,), group_size * N, dtype=torch.long, device=x.device)
-    counts[-1] = (B - (P - 1) * group_size) * N  # a fill on the device: no host synchronisation
+    counts = torch.full((P,), group_size * N, dtype=torch.long)  # on the CPU: the kernels read it there
+    counts[-1] = (B - (P - 1) * group_size) * N
     return x.reshape(P, group_size * N, d), counts
 
 
@@ -227,6 +228,22 @@ def _host_read(*values: torch.Tensor) -> list[float]:
     return torch.stack([v.detach().to(torch.float64).reshape(()) for v in values]).tolist()
 
 
+def _host_read_arrays(*values: torch.Tensor) -> list[np.ndarray]:
+    """Tensors (floats, or integers up to 2**53) as float64 numpy arrays of their shapes, with one
+    host synchronisation for all of them."""
+    flat = torch.cat([v.detach().to(torch.float64).reshape(-1) for v in values]).cpu().numpy()
+    ends = np.cumsum([v.numel() for v in values])
+    return [part.reshape(tuple(v.shape)) for part, v in zip(np.split(flat, ends[:-1]), values)]
+
+
+def _member_counts(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Member counts ``(P, k)`` int64 of labels ``(P, M)`` in ``[-1, k)`` (-1 counts nowhere), on
+    labels' device, without a host synchronisation."""
+    slot = torch.where(labels >= 0, labels, k)
+    bins = torch.zeros(labels.shape[0], k + 1, dtype=torch.long, device=labels.device)
+    return bins.scatter_add_(1, slot, torch.ones_like(slot))[:, :k]
+
+
 def _merge_identical_centroids(centroids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Labels ``(P, M)`` with every cluster whose centroid coincides with that of a
     lower-numbered cluster merged into the lowest such cluster; -1 stays -1.
@@ -342,8 +359,12 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
 
     # Tokens in a safe range (exact powers of two, see _unit_tokens / _scaled_tokens): every
     # component below is scale-free, avg_l2 is reported in the input's units.
-    # Host synchronisations: two in all (what CUDA training steps pay for), one here to check the
-    # input before any kernel sees it, one at the end for the checks of the clusterings.
+    # Host synchronisations (what a CUDA training step pays for): one after the clusterings,
+    # which checks the input and reads the cluster sizes (the css kernels plan their batches
+    # with them, and the checks of the clusterings are functions of them); on CUDA one more at
+    # the end, for the eigensolvers' status. With normalize=False one more before the
+    # clusterings: k-means' tol is relative to avg_l2. k-means runs before the input check when
+    # normalize=True: it is safe on any input, and its labels are discarded when the check fails.
     units = None  # exponent k of the scaling x · 2**k without normalization
     if normalize:
         x, finite = _unit_tokens(x)
@@ -352,32 +373,39 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
         x, units, finite, nonzero = _scaled_tokens(x)
     avg_l2 = _mean_distance_to_mean(x)
     scale = x.norm(dim=-1).mean()
-    finite_ok, nonzero_ok, avg_value, scale_value = _host_read(finite, nonzero, avg_l2, scale)
-    if not finite_ok:
-        as_float_tensor(features, "features")  # raises with the count of bad values
-        raise ValueError("features contain NaN/Inf values; DSE is undefined for non-finite features")
-    if not nonzero_ok:
-        raise ValueError("all tokens are identical (every entry is 0): DSE is undefined for constant features")
-    if not avg_value > 16 * torch.finfo(x.dtype).eps * scale_value:
-        raise ValueError(
-            "all tokens are identical" + (" after L2 normalisation (normalize=True: tokens that differ only in "
-                                          "length, or are all 0, become identical)" if normalize else "")
-            + ": DSE is undefined for constant features")
-    # tol: in the units of the unit tokens; without normalization relative to avg_l2, the one
-    # scale of the features that every component is divided by (so that DSE is scale-free).
-    kmeans_opts = dict(max_iters=max_iters, tol=tol if normalize else tol * avg_value, init=init)
+    avg_in_units = avg_l2 if units is None else _times_power_of_two(avg_l2, -units)  # back to the input's units
+    input_flags = (finite, nonzero, avg_l2, scale, torch.isfinite(avg_in_units) & (avg_in_units > 0))
 
-    # Local structure: clusters inside each image.
+    def check_input(finite_ok, nonzero_ok, avg_value, scale_value, avg_ok):
+        if not finite_ok:
+            as_float_tensor(features, "features")  # raises with the count of bad values
+            raise ValueError("features contain NaN/Inf values; DSE is undefined for non-finite features")
+        if not nonzero_ok:
+            raise ValueError("all tokens are identical (every entry is 0): DSE is undefined for constant features")
+        if not avg_value > 16 * torch.finfo(x.dtype).eps * scale_value:
+            raise ValueError(
+                "all tokens are identical" + (" after L2 normalisation (normalize=True: tokens that differ only in "
+                                              "length, or are all 0, become identical)" if normalize else "")
+                + ": DSE is undefined for constant features")
+        if not avg_ok:
+            raise ValueError(
+                f"avg_l2 of these features is not representable in {avg_l2.dtype} (the tokens are at the edge of "
+                f"its range, e.g. entries near {torch.finfo(avg_l2.dtype).max:.1e}); pass float64 features or "
+                "rescale them")
+
+    if normalize:
+        kmeans_tol = tol  # in the units of the unit tokens
+    else:  # relative to avg_l2, the one scale of the features that every component is divided by
+        flags = _host_read(*input_flags)
+        check_input(*flags)
+        kmeans_tol = tol * flags[2]
+    kmeans_opts = dict(max_iters=max_iters, tol=kmeans_tol, init=init)
+
+    # The clusterings: inside each image (local), and over groups of images (global).
     if local_labels is None:
         centroids_l, local_labels = ops.kmeans(x.detach(), local_clusters, seed=derive_seed(seed, "local"),
                                                **kmeans_opts)
         local_labels = _merge_identical_centroids(centroids_l, local_labels)
-    css_local, n_local = ops.cluster_css(x, local_labels, local_clusters)
-    ok_local = n_local >= 2
-    per_image = _masked_mean(css_local, ok_local, dim=1)
-    m_intra_image = _masked_mean(per_image, ok_local.any(dim=1)) / avg_l2
-
-    # Batch structure: clusters over groups of images.
     xg, counts = _group(x, group_size)
     if global_labels is None:
         centroids, labels_g = ops.kmeans(xg.detach(), global_clusters, counts=counts,
@@ -386,46 +414,61 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
     else:
         labels_g = _group_labels(global_labels, group_size)
         centroids, _ = _segment_means(xg.detach(), labels_g, global_clusters)
-    css_global, n_global = ops.cluster_css(xg, labels_g, global_clusters)
-    m_intra_batch = _masked_mean(css_global, n_global >= 2) / avg_l2
 
-    # Empty clusters are not clusters: their (stale or duplicate) centroids are no "other centroid".
-    present = n_global > 0
-    dist = ops.nearest_other_centroid_distance(xg, centroids, labels_g, present)
-    per_group = _masked_mean(dist, labels_g >= 0, dim=1)
-    ok_group = present.sum(dim=1) >= 2
-    m_inter = _masked_mean(per_group, ok_group) / avg_l2
-
-    # Dimensionality.
-    if m_dim == "per_position":
-        gen = torch.Generator().manual_seed(derive_seed(seed, "positions"))
-        perm = torch.rand(B, N, generator=gen).argsort(dim=1)  # π_b, one per image, the same on every device
-        if x.device.type == "cuda":  # an asynchronous copy (a pageable one would synchronise)
-            perm = perm.pin_memory().to(x.device, non_blocking=True)
-        else:
-            perm = perm.to(x.device)
-        rows = (perm + N * torch.arange(B, device=x.device)[:, None]).t()  # (N, B): S_n = x[b, π_b(n)]
-        m_dim_value = ops.effective_rank(x.reshape(B * N, d), index=rows).mean()
-    else:
-        m_dim_value = ops.effective_rank(x.reshape(B * N, d))
-
-    m_intra = 0.5 * (m_intra_image + m_intra_batch)
-    if units is not None:  # back to the input's units
-        avg_l2 = _times_power_of_two(avg_l2, -units)
-    local_ok, batch_ok, inter_ok, avg_ok = _host_read(
-        ok_local.any(), (n_global >= 2).any(), ok_group.any(), torch.isfinite(avg_l2) & (avg_l2 > 0))
-    if not local_ok:
+    # The one read in the middle: the input's checks and the cluster sizes.
+    flags, sizes_local, sizes_global = _host_read_arrays(
+        torch.stack([f.detach().to(torch.float64).reshape(()) for f in input_flags]),
+        _member_counts(local_labels, local_clusters), _member_counts(labels_g, global_clusters))
+    if normalize:
+        check_input(*flags.tolist())
+    sizes_local, sizes_global = sizes_local.astype(np.int64), sizes_global.astype(np.int64)
+    if not (sizes_local >= 2).any():
         raise ValueError("no image has a local cluster of >= 2 tokens: M_intra_image is undefined; "
                          "lower local_clusters or pass more tokens per image")
-    if not batch_ok:
+    if not (sizes_global >= 2).any():
         raise ValueError("no global cluster has >= 2 tokens: M_intra_batch is undefined; lower global_clusters")
-    if not inter_ok:
+    if not ((sizes_global > 0).sum(axis=1) >= 2).any():
         raise ValueError("every group has a single non-empty cluster (all its tokens are identical, or the labels "
                          "name one cluster): M_inter is undefined")
-    if not avg_ok:
-        raise ValueError(
-            f"avg_l2 of these features is not representable in {avg_l2.dtype} (the tokens are at the edge of its "
-            f"range, e.g. entries near {torch.finfo(avg_l2.dtype).max:.1e}); pass float64 features or rescale them")
+
+    def components():
+        """(M_intra_image, M_intra_batch, M_inter, M_dim) from the clusterings."""
+        css_local, n_local = ops.cluster_css(x, local_labels, local_clusters, sizes=torch.from_numpy(sizes_local))
+        ok_local = n_local >= 2
+        per_image = _masked_mean(css_local, ok_local, dim=1)
+        m_intra_image = _masked_mean(per_image, ok_local.any(dim=1)) / avg_l2
+
+        css_global, n_global = ops.cluster_css(xg, labels_g, global_clusters, sizes=torch.from_numpy(sizes_global))
+        m_intra_batch = _masked_mean(css_global, n_global >= 2) / avg_l2
+
+        # Empty clusters are not clusters: their (stale or duplicate) centroids are no "other centroid".
+        present = n_global > 0
+        dist = ops.nearest_other_centroid_distance(xg, centroids, labels_g, present)
+        per_group = _masked_mean(dist, labels_g >= 0, dim=1)
+        m_inter = _masked_mean(per_group, present.sum(dim=1) >= 2) / avg_l2
+
+        if m_dim == "per_position":
+            gen = torch.Generator().manual_seed(derive_seed(seed, "positions"))
+            perm = torch.rand(B, N, generator=gen).argsort(dim=1)  # π_b, one per image, the same on every device
+            if x.device.type == "cuda":  # an asynchronous copy (a pageable one would synchronise)
+                perm = perm.pin_memory().to(x.device, non_blocking=True)
+            else:
+                perm = perm.to(x.device)
+            rows = (perm + N * torch.arange(B, device=x.device)[:, None]).t()  # (N, B): S_n = x[b, π_b(n)]
+            m_dim_value = ops.effective_rank(x.reshape(B * N, d), index=rows).mean()
+        else:
+            m_dim_value = ops.effective_rank(x.reshape(B * N, d))
+        return m_intra_image, m_intra_batch, m_inter, m_dim_value
+
+    with _ops.deferred_eigen_status(x.device) as eigen_failed:
+        m_intra_image, m_intra_batch, m_inter, m_dim_value = components()
+    if eigen_failed is not None and _host_read(eigen_failed)[0]:
+        # A batched eigensolver failed on some matrix (never seen in practice): recompute with
+        # the status read after every call, which redoes the failed calls with torch.linalg.eigh.
+        m_intra_image, m_intra_batch, m_inter, m_dim_value = components()
+
+    m_intra = 0.5 * (m_intra_image + m_intra_batch)
+    avg_l2 = avg_in_units
     return DSEOutput(
         dse=m_inter - m_intra + m_dim_value,
         m_inter=m_inter,

@@ -103,8 +103,9 @@ def kmeans(x, num_clusters: int, *, max_iters: int = 20, tol: float = 1e-4, seed
     return (centroids[0], labels[0]) if b.single else (centroids, labels)
 
 
-def cluster_css(x, labels, num_clusters: int):
-    """Reference of :func:`dse_ext.functional.cluster_css` (one SVD per cluster)."""
+def cluster_css(x, labels, num_clusters: int, sizes=None):
+    """Reference of :func:`dse_ext.functional.cluster_css` (one SVD per cluster). ``sizes`` (the
+    member counts, a planning hint of the compiled op) is accepted and not needed."""
     b, labels = css_args(x, labels, num_clusters)
     P, M, d = b.x.shape
     values = torch.zeros(P, num_clusters, dtype=torch.float64, device=b.x.device)

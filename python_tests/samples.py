@@ -219,6 +219,12 @@ _BUILDERS = {"kmeans": _kmeans_samples, "cluster_css": _css_samples, "effective_
 DIFFERENTIABLE = {spec.name for spec in OPS if spec.backward is not None}
 
 
+def member_sizes(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """The member counts (P, k) int64 of labels (P, M), on the CPU: cluster_css' ``sizes``."""
+    labels = labels.cpu()
+    return torch.stack([torch.bincount(row[row >= 0], minlength=k) for row in labels])
+
+
 def sample_inputs(op: str, device: str | torch.device, dtype: torch.dtype) -> list[Sample]:
     """Every sample of ``op``, its float leaves in ``dtype`` on ``device`` (integer ones on ``device``)."""
     samples = _BUILDERS[op](_gen(op), dtype)
@@ -255,6 +261,10 @@ def raw_calls(op: str, args: tuple, kwargs: dict) -> list[tuple[object, tuple]]:
         _, _, eig, vec = ops.cluster_css(b.x.detach(), labels, k, True)
         calls += [(ops.cluster_css_backward.default, (grad, b.x.detach(), labels, k)),
                   (ops.cluster_css_backward.default, (grad, b.x.detach(), labels, k, eig, vec))]
+        # With the member counts given on the CPU (how dse() calls it: no host read on CUDA).
+        sizes = member_sizes(labels, k)
+        calls += [(ops.cluster_css.default, (b.x, labels, k, True, sizes)),
+                  (ops.cluster_css_backward.default, (grad, b.x.detach(), labels, k, eig, vec, sizes))]
         return calls
     if op == "effective_rank":
         x, index = rank_prepare(*args)

@@ -81,3 +81,34 @@ def test_unvalidated_cuda_kernels_warn_once(monkeypatch):
         warnings.simplefilter("error")
         _ops.warn_if_unvalidated(torch.device("cuda"))  # once per process
         _ops.warn_if_unvalidated(torch.device("cpu"))
+
+
+# Value checks on CUDA are device-side assertions (csrc/common/checks.h): a failure aborts the
+# process's CUDA context, so each case runs in a process of its own.
+_BAD_VALUE_CASES = {
+    "labels": ("torch.ops.dse.cluster_css(x, torch.full((2, 10), 7, device='cuda'), 3)",
+               "labels must lie in [-1, k)"),
+    "index": ("torch.ops.dse.effective_rank(x.reshape(20, 3), torch.full((2, 4), 99, device='cuda'))",
+              "index must lie in [0, rows of x)"),
+    "counts": ("torch.ops.dse.kmeans(x, torch.tensor([10, 2], device='cuda'), 3, 5, 1e-4, 0, 0)",
+               "every counts[p] must lie in [k, M]"),
+    "sizes": ("torch.ops.dse.cluster_css(x, torch.zeros(2, 10, dtype=torch.long, device='cuda'), 3, False,"
+              " torch.ones(2, 3, dtype=torch.long))", "sizes must equal the member counts"),
+}
+
+
+@needs_gpu
+@pytest.mark.parametrize("case", sorted(_BAD_VALUE_CASES))
+def test_bad_values_on_cuda_stop_at_a_device_assertion(case):
+    import subprocess
+    import sys
+
+    call, message = _BAD_VALUE_CASES[case]
+    script = ("import torch, dse_ext\n"
+              "x = torch.randn(2, 10, 3, device='cuda', dtype=torch.float64)\n"
+              f"out = {call}\n"
+              "torch.cuda.synchronize()\n"
+              "print('NO ERROR')\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "NO ERROR" not in run.stdout
+    assert message in run.stderr or message in run.stdout, run.stderr[-2000:]

@@ -1,14 +1,21 @@
 """Host synchronisations of the metric and the regularizer.
 
 On CUDA every read of a tensor's value on the host (``bool()``, ``.item()``, ``.tolist()``,
-data-dependent shapes such as ``nonzero``) stalls the training step. ``dse()`` reads the device
-twice per call: once to check its input before any kernel runs, once at the end for the checks
-of the clusterings (``metric._host_read``). On the CPU, where such reads cost nothing, a few
-shortcuts read more; this CPU test switches them off (as on CUDA) and counts, under a
-TorchDispatchMode, every operator that would synchronise on a GPU. The GPU test counts the real
-synchronisations with ``torch.cuda.set_sync_debug_mode``.
+data-dependent shapes such as ``nonzero``, a copy from pageable memory) stalls the training
+step. ``dse()`` reads the device twice per call on CUDA: once after the clusterings (the input's
+checks and the cluster sizes, which the css kernels plan with), once at the end for the
+eigensolvers' deferred status (``metric._host_read_arrays``, ``metric._host_read``); with
+``normalize=False`` once more before the clusterings. The compiled ops read nothing on the host
+when given what they need (counts and sizes on the CPU; value checks as device-side assertions).
+
+On the CPU, where reads cost nothing, a few shortcuts read more and there is no eigensolver
+status to defer; this CPU test switches the shortcuts off and stands in a flag for the status
+(as on CUDA), and counts, under a TorchDispatchMode, every Python-level operator that would
+synchronise on a GPU. The GPU test counts the real synchronisations, the compiled ops' included,
+with ``torch.cuda.set_sync_debug_mode``.
 """
 
+import contextlib
 import warnings
 
 import pytest
@@ -35,23 +42,35 @@ class CountSyncs(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@contextlib.contextmanager
+def _deferred_status(flag_value):
+    yield torch.tensor(flag_value, dtype=torch.int32)
+
+
 @pytest.fixture
 def as_on_a_gpu(monkeypatch):
-    """The metric takes the paths it takes off the CPU, and _host_read calls are counted."""
+    """The metric takes the paths it takes off the CPU (with a deferred eigensolver status that
+    reports success), and its host reads are counted."""
     reads = []
-    host_read = metric._host_read
+    host_read, host_read_arrays = metric._host_read, metric._host_read_arrays
     monkeypatch.setattr(metric, "_host_reads_are_free", lambda device: False)
-    monkeypatch.setattr(metric, "_host_read", lambda *v: reads.append(len(v)) or host_read(*v))
+    monkeypatch.setattr(metric, "_host_read", lambda *v: reads.append("scalars") or host_read(*v))
+    monkeypatch.setattr(metric, "_host_read_arrays", lambda *v: reads.append("arrays") or host_read_arrays(*v))
+    monkeypatch.setattr(metric._ops, "deferred_eigen_status", lambda device: _deferred_status(0))
     return reads
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(normalize=False), dict(m_dim="pooled", group_size=None)])
-def test_dse_reads_the_device_twice(gen, as_on_a_gpu, kwargs):
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(), ["arrays", "scalars"]),
+    (dict(m_dim="pooled", group_size=None), ["arrays", "scalars"]),
+    (dict(normalize=False), ["scalars", "arrays", "scalars"]),  # tol relative to avg_l2: one read more
+])
+def test_dse_reads_the_device_twice(gen, as_on_a_gpu, kwargs, expected):
     x = torch.randn(6, 20, 8, generator=gen)
     x[0, :3] = 0  # dead tokens take the masked normalisation
     with CountSyncs() as mode:
         out = dse_ext.dse(x, global_clusters=5, **kwargs)
-    assert mode.seen == [] and len(as_on_a_gpu) == 2
+    assert mode.seen == [] and as_on_a_gpu == expected
     assert out == dse_ext.dse(x, global_clusters=5, **kwargs)  # the same values as the CPU shortcuts
 
 
@@ -60,8 +79,21 @@ def test_regularizer_step_reads_the_device_twice(gen, as_on_a_gpu):
     reg = dse_ext.DSERegularizer(global_clusters=6, seed=0)
     with CountSyncs() as mode:
         reg(tokens).backward()
-    assert mode.seen == [] and len(as_on_a_gpu) == 2
+    assert mode.seen == [] and as_on_a_gpu == ["arrays", "scalars"]
     assert torch.isfinite(tokens.grad).all()
+
+
+def test_a_failed_deferred_eigensolve_is_recomputed(gen, monkeypatch):
+    """When the deferred status says an eigensolver failed, the components are computed again
+    (then with the status read after every call, which redoes failed calls with torch)."""
+    x = torch.randn(6, 20, 8, generator=gen)
+    expected = dse_ext.dse(x, global_clusters=5)
+    calls = []
+    css = dse_ext._ops.UNCHECKED.cluster_css
+    monkeypatch.setattr(dse_ext._ops.UNCHECKED, "cluster_css", lambda *a, **k: calls.append(1) or css(*a, **k))
+    monkeypatch.setattr(metric._ops, "deferred_eigen_status", lambda device: _deferred_status(1))
+    assert dse_ext.dse(x, global_clusters=5) == expected
+    assert len(calls) == 4  # local and global css, twice
 
 
 def test_errors_are_still_raised_after_the_deferred_checks(gen, as_on_a_gpu):

@@ -13,7 +13,8 @@ from dse_ext import functional as F
 from dse_ext import reference as R
 from dse_ext._ops import OPS
 
-from samples import DEVICES, DIFFERENTIABLE, DTYPES, device_available, raw_calls, sample_inputs, sample_names
+from samples import (DEVICES, DIFFERENTIABLE, DTYPES, device_available, member_sizes, raw_calls, sample_inputs,
+                     sample_names)
 
 CASES = [pytest.param(op.name, device, dtype, name, id=f"{op.name}-{device}-{str(dtype)[6:]}-{name}",
                       marks=[] if device_available(device) else
@@ -106,6 +107,31 @@ def test_opcheck(op, device, dtype, name):
     sample = _sample(op, device, dtype, name).with_grad()
     for overload, args in raw_calls(op, sample.args, sample.kwargs):
         torch.library.opcheck(overload, args)
+
+
+@pytest.mark.parametrize("op,device,dtype,name", [c for c in CASES if c.values[0] == "cluster_css"])
+def test_css_given_sizes_change_nothing(op, device, dtype, name):
+    """cluster_css with the member counts given (the CUDA kernel then plans its batches from them
+    without reading the device): the same values, counts, bases and gradients; wrong sizes refused."""
+    from dse_ext._ops.cluster_css import prepare
+
+    sample = _sample(op, device, dtype, name)
+    b, labels = prepare(*sample.args)
+    k = sample.args[2]
+    sizes = member_sizes(labels, k)
+    x = b.x.detach().double()
+    plain = torch.ops.dse.cluster_css(x, labels, k, True)
+    given = torch.ops.dse.cluster_css(x, labels, k, True, sizes)
+    for a, c in zip(plain, given):
+        assert torch.equal(a, c)
+    grad = torch.linspace(-1, 1, labels.shape[0] * k, dtype=torch.float64, device=x.device).reshape(-1, k)
+    assert torch.equal(torch.ops.dse.cluster_css_backward(grad, x, labels, k, None, None, sizes),
+                       torch.ops.dse.cluster_css_backward(grad, x, labels, k))
+    if device == "cpu":  # on CUDA a wrong size is a device-side assertion, which ends the process's CUDA use
+        wrong = sizes.clone()
+        wrong[0, 0] += 1
+        with pytest.raises(RuntimeError, match="sizes must be the member counts of labels"):
+            torch.ops.dse.cluster_css(x, labels, k, False, wrong)
 
 
 @pytest.mark.parametrize("op,device,dtype,name", [c for c in CASES if c.values[0] in DIFFERENTIABLE

@@ -14,8 +14,43 @@
 #include <cstdint>
 #include <optional>
 #include <utility>
+#include <vector>
 
 namespace dse {
+
+// ---------------------------------------------------------------- value checks
+// A check of tensor *values* (labels in range, point counts within bounds, cluster sizes
+// that match the labels) needs the values on the host: free on the CPU, a host
+// synchronisation on CUDA, where it would stall every training step. So each value check
+// is one predicate, a 0-dim bool tensor computed with ATen ops on the values' device, and
+// each device's kernel enforces it its way:
+//   CPU   at once, with TORCH_CHECK and a message naming the offending values;
+//   CUDA  with a device-side assertion launched on the stream before any kernel reads the
+//         values (cuda/value_checks.cuh): no synchronisation. A failure stops the stream,
+//         the device prints the check's message, and the next synchronisation raises a
+//         CUDA error ("device-side assert triggered"), as torch's own CUDA indexing kernels
+//         do with an index out of range. The process's CUDA context is unusable after it:
+//         the checked Python functions (dse_ext.functional) validate on the host first.
+enum class ValueCheck : int {
+  kLabelRange = 0,      // labels in [-1, k)
+  kRankIndexRange = 1,  // effective_rank's index in [0, rows)
+  kKmeansCounts = 2,    // kmeans' counts in [k, M]
+  kCssSizes = 3,        // cluster_css' sizes equal to the member counts of its labels
+};
+
+struct PendingCheck {
+  ValueCheck what;
+  at::Tensor ok;  // 0-dim bool on the values' device: true when the check passes
+};
+using PendingChecks = std::vector<PendingCheck>;
+
+// Copies a small host tensor to `device` without synchronising: through pinned memory
+// with a non-blocking copy (a copy from pageable memory waits for the stream). The
+// caching host allocator keeps the pinned block until the copy has run.
+inline at::Tensor host_to_device(const at::Tensor& host, const c10::Device& device) {
+  if (device.is_cpu()) return host.contiguous();
+  return host.contiguous().pin_memory().to(device, /*non_blocking=*/true);
+}
 
 // x must be on the kind of device whose kernel runs (CPU kernel: a CPU tensor).
 // The dispatcher picks the kernel from the tensors' devices, so this fails only on
@@ -53,10 +88,15 @@ inline void check_labels(const at::Tensor& labels, int64_t P, int64_t M, const c
   check_on_device(labels, "labels", device, op);
 }
 
-// Labels must lie in [-1, k) (-1 = ignored point). Reads two reductions (on CUDA:
-// a host synchronisation).
-inline void check_label_range(const at::Tensor& labels, int64_t k, const char* op) {
+// Labels must lie in [-1, k) (-1 = ignored point): a value check (above). The CPU kernel
+// checks at once; for any other kernel the predicate is added to `pending`.
+inline void check_label_range(const at::Tensor& labels, int64_t k, const char* op, c10::DeviceType kernel,
+                              PendingChecks& pending) {
   if (labels.numel() == 0) return;
+  if (kernel != c10::DeviceType::CPU) {
+    pending.push_back({ValueCheck::kLabelRange, at::logical_and(labels >= -1, labels < k).all()});
+    return;
+  }
   const int64_t lo = labels.min().item<int64_t>(), hi = labels.max().item<int64_t>();
   TORCH_CHECK(lo >= -1 && hi < k, "dse::", op, ": labels must lie in [-1, ", k, "), got [", lo, ", ", hi, "]");
 }

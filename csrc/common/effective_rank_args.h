@@ -7,6 +7,8 @@
 //                 (the CPU kernel reads strided views in place).
 //   index         None, or (P, m) int64, not empty, on x's device, values in [0, R):
 //                 matrix p is made of the rows x[index[p, 0]], ..., x[index[p, m - 1]].
+//                 The range is a value check (common/checks.h): at once on the CPU, by a
+//                 device-side assertion on CUDA.
 //   keep_basis    any bool.
 // Backward only:
 //   grad          (P,), any floating dtype (used in float64), on x's device.
@@ -29,15 +31,21 @@ struct EffectiveRankArgs {
   at::Tensor index;  // (P, m) int64, contiguous; undefined without index
   int64_t P, m, d;
   int64_t S;  // Gram side and side of the kept bases: min(m, d)
+  PendingChecks pending;  // value checks a non-CPU kernel enforces on the device (checks.h)
 };
 
 // index: rule above, for a table of `rows` rows on `device`. Returns it contiguous.
-inline at::Tensor check_rank_index(const at::Tensor& index, int64_t rows, const c10::Device& device, const char* op) {
+inline at::Tensor check_rank_index(const at::Tensor& index, int64_t rows, const c10::Device& device, const char* op,
+                                   c10::DeviceType kernel, PendingChecks& pending) {
   TORCH_CHECK(index.dim() == 2 && index.numel() > 0 && index.scalar_type() == at::kLong, "dse::", op,
               ": index must be a non-empty 2-D int64 tensor (matrices, rows), got ", index.scalar_type(), " of shape ",
               index.sizes());
   check_on_device(index, "index", device, op);
   at::Tensor i = index.contiguous();
+  if (kernel != c10::DeviceType::CPU) {
+    pending.push_back({ValueCheck::kRankIndexRange, at::logical_and(i >= 0, i < rows).all()});
+    return i;
+  }
   const int64_t lo = i.min().item<int64_t>(), hi = i.max().item<int64_t>();
   TORCH_CHECK(lo >= 0 && hi < rows, "dse::", op, ": index must lie in [0, ", rows, ") (the rows of x), got [", lo,
               ", ", hi, "]");
@@ -53,7 +61,7 @@ inline EffectiveRankArgs check_effective_rank_args(const at::Tensor& x, const st
     check_float_dtype(x, "x", op);
     TORCH_CHECK(x.numel() > 0, "dse::", op, ": x must not be empty, got shape ", x.sizes());
     check_kernel_device(x, kernel, op);
-    in.index = check_rank_index(*index, x.size(0), x.device(), op);
+    in.index = check_rank_index(*index, x.size(0), x.device(), op, kernel, in.pending);
     in.P = in.index.size(0), in.m = in.index.size(1), in.d = x.size(1);
   } else {
     check_points(x, op);

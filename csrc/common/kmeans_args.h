@@ -3,14 +3,13 @@
 //
 // Rules, the same on every device:
 //   x          (P, M, d), float32 or float64, not empty, on the kernel's device.
-//   counts     (P,) int64, on the CPU or on x's device; every counts[p] in [k, M].
-//              The values are checked on the host (a copy of P integers when counts
-//              is on a GPU), and the kernel gets them on x's device. Reason: counts
-//              is a small description of the batch that callers often build on the
-//              CPU; requiring x's device would only force a copy on them, and the
-//              check reads the values on the host anyway. (Through the dispatcher a
-//              CUDA counts with a CPU x selects the CUDA kernel, which then refuses
-//              x: put x on the GPU, or counts on the CPU.)
+//   counts     (P,) int64, on the CPU or on x's device; every counts[p] in [k, M]:
+//              a value check (common/checks.h). CPU counts (what callers that describe
+//              the batch on the host pass, and what dse_ext passes) are checked on the
+//              host and copied to x's device without a synchronisation (pinned memory);
+//              counts on a GPU are checked there by a device-side assertion. (Through the
+//              dispatcher a CUDA counts with a CPU x selects the CUDA kernel, which then
+//              refuses x: put x on the GPU, or counts on the CPU.)
 //   k          >= 1.   max_iters >= 0.   tol >= 0.
 //   init       0 (k-means++, D^2 sampling) or 1 (D sampling).
 //   seed       any int64; its bit pattern is the RNG seed (common/rng.h).
@@ -23,16 +22,22 @@
 
 namespace dse {
 
-// counts: see the rule above; `device` is x's device. Returns its values as a
-// contiguous CPU int64 tensor.
+// counts: see the rule above; `device` is x's device. Returns them contiguous where they
+// are (check_kmeans_args moves CPU counts to x's device). Counts on a GPU are only there when
+// x is, so their check is always a pending one.
 inline at::Tensor check_kmeans_counts(const at::Tensor& counts, int64_t P, int64_t M, int64_t k,
-                                      const c10::Device& device, const char* op) {
+                                      const c10::Device& device, PendingChecks& pending, const char* op) {
   TORCH_CHECK(counts.dim() == 1 && counts.size(0) == P, "dse::", op, ": counts must have shape (P,) = (", P,
               ",), one point count per problem, got ", counts.sizes());
   TORCH_CHECK(counts.scalar_type() == at::kLong, "dse::", op, ": counts must be int64, got ", counts.scalar_type());
   TORCH_CHECK(counts.device().is_cpu() || counts.device() == device, "dse::", op, ": counts is on ", counts.device(),
               " but must be on the CPU or on x's device (", device, ")");
-  const at::Tensor host = counts.to(at::kCPU).contiguous();
+  if (!counts.device().is_cpu()) {  // on x's device: checked there
+    const at::Tensor on_device = counts.contiguous();
+    pending.push_back({ValueCheck::kKmeansCounts, at::logical_and(on_device >= k, on_device <= M).all()});
+    return on_device;
+  }
+  const at::Tensor host = counts.contiguous();
   const int64_t* cnt = host.const_data_ptr<int64_t>();
   for (int64_t p = 0; p < P; ++p)
     TORCH_CHECK(cnt[p] >= k && cnt[p] <= M, "dse::", op, ": problem ", p, " has counts[", p, "] = ", cnt[p],
@@ -48,10 +53,10 @@ inline void check_kmeans_options(int64_t k, int64_t max_iters, double tol, int64
 }
 
 struct KmeansArgs {
-  at::Tensor x;            // (P, M, d), contiguous
-  at::Tensor counts;       // (P,) int64, contiguous, on x's device
-  at::Tensor host_counts;  // the same values on the CPU
+  at::Tensor x;           // (P, M, d), contiguous
+  at::Tensor counts;      // (P,) int64, contiguous, on x's device
   int64_t P, M, d;
+  PendingChecks pending;  // value checks a non-CPU kernel enforces on the device (checks.h)
 };
 
 inline KmeansArgs check_kmeans_args(const at::Tensor& x, const at::Tensor& counts, int64_t k, int64_t max_iters,
@@ -61,9 +66,10 @@ inline KmeansArgs check_kmeans_args(const at::Tensor& x, const at::Tensor& count
   check_kernel_device(x, kernel, op);
   const int64_t P = x.size(0), M = x.size(1), d = x.size(2);
   check_kmeans_options(k, max_iters, tol, init, op);
-  at::Tensor host = check_kmeans_counts(counts, P, M, k, x.device(), op);
-  at::Tensor on_device = x.device().is_cpu() ? host : counts.to(x.device()).contiguous();
-  return {x.contiguous(), std::move(on_device), std::move(host), P, M, d};
+  KmeansArgs in{x.contiguous(), {}, P, M, d, {}};
+  in.counts = check_kmeans_counts(counts, P, M, k, x.device(), in.pending, op);
+  if (in.counts.device() != x.device()) in.counts = host_to_device(in.counts, x.device());
+  return in;
 }
 
 }  // namespace dse

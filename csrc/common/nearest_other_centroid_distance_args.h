@@ -21,6 +21,7 @@ struct NearestArgs {
   at::Tensor x, c, labels;  // contiguous
   at::Tensor valid;         // (P, k) bool, contiguous; undefined: every centroid exists
   int64_t P, M, d, k;
+  PendingChecks pending;  // value checks a non-CPU kernel enforces on the device (checks.h)
 };
 
 // valid: rule above, for P problems of k centroids on `device`. Returns it contiguous.
@@ -47,9 +48,9 @@ inline NearestArgs check_nearest_args(const at::Tensor& x, const at::Tensor& cen
   check_on_device(centroids, "centroids", x.device(), op);
   check_labels(labels, P, M, x.device(), op);
   const at::Tensor v = valid.has_value() ? check_valid_centroids(*valid, P, k, x.device(), op) : at::Tensor();
-  const at::Tensor l = labels.contiguous();
-  check_label_range(l, k, op);
-  return {x.contiguous(), centroids.contiguous(), l, v, P, M, d, k};
+  NearestArgs in{x.contiguous(), centroids.contiguous(), labels.contiguous(), v, P, M, d, k, {}};
+  check_label_range(in.labels, k, op, kernel, in.pending);
+  return in;
 }
 
 struct NearestBackwardArgs : NearestArgs {

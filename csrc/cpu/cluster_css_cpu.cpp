@@ -77,8 +77,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> css_with_basis(const ClusterCssAr
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in,
                                                                        const at::Tensor& labels_in, int64_t k,
-                                                                       bool keep_basis) {
-  const ClusterCssArgs in = check_cluster_css_args(x_in, labels_in, k, c10::DeviceType::CPU);
+                                                                       bool keep_basis,
+                                                                       const std::optional<at::Tensor>& sizes) {
+  const ClusterCssArgs in = check_cluster_css_args(x_in, labels_in, k, sizes, c10::DeviceType::CPU);
   const int64_t P = in.P, M = in.M, d = in.d;
   const Grouping g(in);
   at::Tensor counts = at::empty({P, k}, in.x.options().dtype(at::kLong));
@@ -113,9 +114,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_css(const at:
 
 at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& labels_in,
                                 int64_t k, const std::optional<at::Tensor>& eigenvalues,
-                                const std::optional<at::Tensor>& eigenvectors) {
+                                const std::optional<at::Tensor>& eigenvectors, const std::optional<at::Tensor>& sizes) {
   const ClusterCssBackwardArgs in = check_cluster_css_backward_args(grad_in, x_in, labels_in, k, eigenvalues,
-                                                                    eigenvectors, c10::DeviceType::CPU);
+                                                                    eigenvectors, sizes, c10::DeviceType::CPU);
   const int64_t M = in.M, d = in.d, S = in.S;
   const double* gp = in.grad.const_data_ptr<double>();
   const bool have_basis = in.basis.present();  // the forward's Gram eigen-decompositions (keep_basis)

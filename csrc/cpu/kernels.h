@@ -16,12 +16,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmeans(const at::Tensor& x, const
 
 // cpu/cluster_css_cpu.cpp. keep_basis: also return each cluster's centred Gram eigenvalues
 // (P, k, S) and eigenvectors (P, k, S, S), S = min(M - 1, d), for the backward; else two
-// empty tensors.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_css(const at::Tensor& x, const at::Tensor& labels,
-                                                                       int64_t k, bool keep_basis = false);
+// empty tensors. sizes: the member counts if the caller knows them (checked).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_css(
+    const at::Tensor& x, const at::Tensor& labels, int64_t k, bool keep_basis = false,
+    const std::optional<at::Tensor>& sizes = std::nullopt);
 at::Tensor cluster_css_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& labels, int64_t k,
                                 const std::optional<at::Tensor>& eigenvalues = std::nullopt,
-                                const std::optional<at::Tensor>& eigenvectors = std::nullopt);
+                                const std::optional<at::Tensor>& eigenvectors = std::nullopt,
+                                const std::optional<at::Tensor>& sizes = std::nullopt);
 
 // cpu/effective_rank_cpu.cpp. keep_basis: also return each matrix's Gram eigenvalues (P, S)
 // and eigenvectors (P, S, S), S = min(m, d), for the backward; else two empty tensors.

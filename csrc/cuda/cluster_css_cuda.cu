@@ -2,8 +2,9 @@
 // singular-value sums and their gradient. Arguments are checked first by
 // common/cluster_css_args.h, as on the CPU.
 //
-// Points are grouped by (problem, label) with one stable sort. The cluster sizes are
-// read on the host once (one synchronisation) and cut into batches by
+// Points are grouped by (problem, label) with one stable sort. The cluster sizes, given
+// by the caller (sizes) or else read on the host once (one synchronisation), are cut into
+// batches by
 // common/css_batches.h: clusters of >= 2 points, bucketed by the power of two of their
 // rows and chunked within a byte budget, so that padding at most doubles a cluster's
 // rows and the workspace stays bounded whatever the spread of the sizes. For each
@@ -24,6 +25,7 @@
 #include "common/spectrum.h"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/solver.cuh"
+#include "cuda/value_checks.cuh"
 
 namespace dse::cuda {
 namespace {
@@ -51,15 +53,19 @@ Clusters group(const ClusterCssArgs& in, bool backward) {
   const at::Tensor problem = at::arange(g.P, labels.options()).unsqueeze(1);
   const at::Tensor key = (problem * (k + 1) + labels.where(labels >= 0, at::full({}, k, labels.options()))).reshape(-1);
   g.order = std::get<1>(at::sort(key, /*stable=*/true, /*dim=*/0, /*descending=*/false));
-  const at::Tensor bins = at::bincount(key, {}, g.P * (k + 1));
+  // Bin counts by an integer scatter-add (at::bincount reads the largest key on the host).
+  at::Tensor bins = at::zeros({g.P * (k + 1)}, labels.options());
+  bins.scatter_add_(0, key, at::ones_like(key));
   const at::Tensor starts = at::cumsum(bins, 0) - bins;  // exclusive prefix sums
   g.start = starts.view({g.P, k + 1}).narrow(1, 0, k).contiguous().view({-1});
   g.counts = bins.view({g.P, k + 1}).narrow(1, 0, k).contiguous();
   g.S = in.S;  // min(M - 1, d) >= every batch's side, except with M == 1 (S = 0): no cluster has 2 points
-  const at::Tensor host_counts = g.counts.cpu();  // one synchronisation
+  // The sizes on the host: the caller's (checked against g.counts on the device), else one synchronisation.
+  const at::Tensor host_counts = in.sizes.defined() ? in.sizes : g.counts.cpu();
   g.plan = plan_css_batches(host_counts.const_data_ptr<int64_t>(), g.P * k, g.d, batch_budget.load(), backward);
   if (!g.plan.order.empty())
-    g.ids = at::tensor(at::ArrayRef<int64_t>(g.plan.order), labels.options().device(at::kCPU)).to(labels.device());
+    g.ids = host_to_device(at::tensor(at::ArrayRef<int64_t>(g.plan.order), labels.options().device(at::kCPU)),
+                           labels.device());
   return g;
 }
 
@@ -251,9 +257,11 @@ int64_t set_css_batch_budget(int64_t bytes) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_css(const at::Tensor& x_in,
                                                                        const at::Tensor& labels_in, int64_t k,
-                                                                       bool keep_basis) {
-  const ClusterCssArgs in = check_cluster_css_args(x_in, labels_in, k, c10::DeviceType::CUDA);
+                                                                       bool keep_basis,
+                                                                       const std::optional<at::Tensor>& sizes) {
+  const ClusterCssArgs in = check_cluster_css_args(x_in, labels_in, k, sizes, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(in.x.device());
+  enforce_on_device(in.pending);
   const at::Tensor& x = in.x;
   const Clusters g = group(in, /*backward=*/false);
   const auto dopts = x.options().dtype(at::kDouble);
@@ -287,10 +295,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cluster_css(const at:
 
 at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& labels_in,
                                 int64_t k, const std::optional<at::Tensor>& eigenvalues,
-                                const std::optional<at::Tensor>& eigenvectors) {
+                                const std::optional<at::Tensor>& eigenvectors, const std::optional<at::Tensor>& sizes) {
   const ClusterCssBackwardArgs in = check_cluster_css_backward_args(grad_in, x_in, labels_in, k, eigenvalues,
-                                                                    eigenvectors, c10::DeviceType::CUDA);
+                                                                    eigenvectors, sizes, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(in.x.device());
+  enforce_on_device(in.pending);
   const at::Tensor& x = in.x;
   const Clusters g = group(in, /*backward=*/true);
   at::Tensor grad_x = at::zeros_like(x);  // ignored points and clusters of < 2 points get no gradient

@@ -14,6 +14,7 @@
 #include "common/effective_rank_args.h"
 #include "common/spectrum.h"
 #include "cuda/cuda_utils.cuh"
+#include "cuda/value_checks.cuh"
 #include "cuda/solver.cuh"
 
 namespace dse::cuda {
@@ -77,6 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> effective_rank(const at::Tensor& 
                                                               bool keep_basis) {
   const EffectiveRankArgs args = check_effective_rank_args(x, index, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
+  enforce_on_device(args.pending);
   const RankInputs in = stage(args);
   auto [eig, vec] = batched_symmetric_eigen(gram(in), keep_basis);
   at::Tensor values = at::empty({in.P}, eig.options());
@@ -94,6 +96,7 @@ at::Tensor effective_rank_backward(const at::Tensor& grad_in, const at::Tensor& 
   const EffectiveRankBackwardArgs args =
       check_effective_rank_backward_args(grad_in, x, index, eigenvalues, eigenvectors, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
+  enforce_on_device(args.pending);
   const RankInputs in = stage(args);
   at::Tensor eig, vec;
   if (args.basis.present()) {  // the forward's kept eigenbases (float64, on x's device)

@@ -21,6 +21,7 @@
 #include "common/rng.h"
 #include "common/segments.h"
 #include "cuda/cuda_utils.cuh"
+#include "cuda/value_checks.cuh"
 
 namespace dse::cuda {
 namespace {
@@ -206,8 +207,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmeans(const at::Tensor& x_in, co
                                                       int64_t max_iters, double tol, int64_t seed, int64_t init) {
   const KmeansArgs in = check_kmeans_args(x_in, counts_in, k, max_iters, tol, init, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(in.x.device());
+  enforce_on_device(in.pending);
   const at::Tensor& x = in.x;
-  const at::Tensor& counts = in.counts;  // on x's device, values checked on the host
+  const at::Tensor& counts = in.counts;  // on x's device, values checked (common/kmeans_args.h)
   const int64_t P = in.P, M = in.M, d = in.d;
 
   const auto dopts = x.options().dtype(at::kDouble);

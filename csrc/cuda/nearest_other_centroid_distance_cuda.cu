@@ -17,6 +17,7 @@
 #include "common/nearest_other_centroid_distance_args.h"
 #include "common/segments.h"
 #include "cuda/cuda_utils.cuh"
+#include "cuda/value_checks.cuh"
 
 namespace dse::cuda {
 namespace {
@@ -147,6 +148,7 @@ at::Tensor nearest_other_centroid_distance(const at::Tensor& x, const at::Tensor
                                            const std::optional<at::Tensor>& valid) {
   const NearestArgs in = check_nearest_args(x, centroids, labels, valid, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(in.x.device());
+  enforce_on_device(in.pending);
   return std::get<1>(choose(in)).to(in.x.scalar_type());
 }
 
@@ -156,6 +158,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_other_centroid_distance_backward(
   const NearestBackwardArgs in =
       check_nearest_backward_args(grad_in, x, centroids, labels, valid, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(in.x.device());
+  enforce_on_device(in.pending);
   const at::Tensor& grad = in.grad;
   const auto [best, dist] = choose(in);
   at::Tensor grad_x = at::empty_like(in.x), grad_c = at::empty_like(in.c);

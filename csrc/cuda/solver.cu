@@ -26,6 +26,25 @@ namespace {
 std::atomic<int> pinned_solver{static_cast<int>(EigenSolver::kAuto)};
 std::atomic<bool> injected_failure{false};  // test hook: every cuSOLVER batched call "fails"
 
+// Deferred status (see defer_eigen_status in cuda/solver.cuh): the caller's int32 flag on
+// `device`, or nullptr. Per thread: a forward runs in its caller's thread.
+struct StatusSink {
+  int32_t* flag = nullptr;
+  int device = -1;
+};
+thread_local StatusSink status_sink;
+
+// The sink for matrices on `device`, as a 0-dim int32 tensor (undefined when none is set).
+at::Tensor sink_for(const c10::Device& device) {
+  if (status_sink.flag == nullptr || device.index() != status_sink.device) return {};
+  return at::from_blob(status_sink.flag, {}, at::TensorOptions().dtype(at::kInt).device(device));
+}
+
+// flag = max(flag, any(info != 0)): on the device, no synchronisation.
+void record_failures(at::Tensor& sink, const at::Tensor& info) {
+  sink.copy_(at::maximum(sink, info.ne(0).any().to(at::kInt)));
+}
+
 // One cuSOLVER handle, parameter object and Jacobi settings per (thread, device),
 // created on first use, all or nothing.
 struct SolverState {
@@ -161,6 +180,22 @@ std::tuple<at::Tensor, at::Tensor> solve_general(const at::Tensor& gram_in, bool
       at::Tensor info = at::zeros({B}, a.options().dtype(at::kInt));
       std::vector<int> failed(chunks.size(), 0);
       solve_batched(*state, a, w, info, vectors, chunks, failed);
+      at::Tensor sink = sink_for(a.device());
+      if (sink.defined()) {  // deferred: infos into the caller's flag; failed calls (known here) redone now
+        record_failures(sink, info);
+        for (size_t c = 0; c < chunks.size(); ++c) {
+          if (failed[c] == 0) continue;
+          const EigenChunk& chunk = chunks[c];
+          const std::string context = "matrices " + std::to_string(chunk.start) + " to " +
+                                      std::to_string(chunk.start + chunk.count - 1) + " of " + batch_name(B, n) + why +
+                                      ", after cusolverDnXsyevBatched failed on them (status " +
+                                      std::to_string(failed[c]) + ")";
+          auto [cw, cv] = solve_torch(gram_in.narrow(0, chunk.start, chunk.count), vectors, context);
+          w.narrow(0, chunk.start, chunk.count).copy_(cw);
+          if (vectors) a.narrow(0, chunk.start, chunk.count).copy_(cv);
+        }
+        return {w, vectors ? a : at::empty({0}, a.options())};
+      }
       const at::Tensor host_info = info.cpu();  // one synchronisation per call
       std::vector<char> call_failed(failed.size());
       for (size_t c = 0; c < failed.size(); ++c) call_failed[c] = failed[c] != 0;
@@ -197,6 +232,8 @@ EigenSolver set_eigen_solver(EigenSolver solver) {
 
 bool inject_eigen_failure(bool on) { return injected_failure.exchange(on); }
 
+void defer_eigen_status(int32_t* flag, int device) { status_sink = {flag, flag == nullptr ? -1 : device}; }
+
 bool have_batched_syev() {
 #ifdef DSE_HAVE_XSYEV_BATCHED
   return true;
@@ -225,10 +262,16 @@ std::tuple<at::Tensor, at::Tensor> batched_symmetric_eigen(const at::Tensor& gra
       at::Tensor a = gram.clone(at::MemoryFormat::Contiguous);  // overwritten by the solver
       at::Tensor w = at::empty({B, n}, a.options());
       at::Tensor info = at::zeros({B}, a.options().dtype(at::kInt));
-      // One synchronisation per call. Jacobi stops at 100 sweeps; a batch with a
-      // matrix it did not finish (or whose calls failed) is redone by the general solver.
-      if (solve_jacobi(*state, a, w, info, vectors) && info.abs().max().item<int>() == 0)
+      // Jacobi stops at 100 sweeps; a batch with a matrix it did not finish (or whose
+      // calls failed) is redone by the general solver. One synchronisation per call,
+      // unless the status is deferred (then a non-converged matrix sets the flag).
+      const bool solved = solve_jacobi(*state, a, w, info, vectors);
+      at::Tensor sink = sink_for(a.device());
+      if (solved && sink.defined()) {
+        record_failures(sink, info);
         return {w, vectors ? a : at::empty({0}, a.options())};
+      }
+      if (solved && info.abs().max().item<int>() == 0) return {w, vectors ? a : at::empty({0}, a.options())};
     }
     return solve_general(gram, vectors, " (batched Jacobi did not converge on it or failed)");
   }

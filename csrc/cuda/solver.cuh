@@ -27,6 +27,15 @@ EigenSolver set_eigen_solver(EigenSolver solver);
 // the fallback paths run on a GPU where cuSOLVER never fails. Returns the previous setting.
 bool inject_eigen_failure(bool on);
 
+// Deferred status, for callers that must not synchronise (a training step): while a flag is
+// set for this thread, batched_symmetric_eigen on `device` does not read the solvers'
+// statuses on the host. A matrix whose status is not success (XsyevBatched info, or a Jacobi
+// matrix that did not converge) sets *flag (an int32 in device memory) to 1 on the device,
+// and its results are not usable; a call that fails outright (a status known on the host)
+// is still redone at once. The caller reads the flag later, with its other checks, and
+// recomputes with the status read (flag nullptr) when it is set. nullptr ends deferral.
+void defer_eigen_status(int32_t* flag, int device);
+
 // Whether this build has cusolverDnXsyevBatched.
 bool have_batched_syev();
 

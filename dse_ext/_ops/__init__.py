@@ -23,7 +23,8 @@ import torch
 from . import _library
 from ._common import DoubleBackwardError, OpSpec, require_kernel
 from ._common import has_kernel as _has_kernel
-from ._library import IMPORT_ERROR, build_info, cuda_built, extension_available, warn_if_unvalidated
+from ._library import (IMPORT_ERROR, build_info, cuda_built, deferred_eigen_status, extension_available,
+                       warn_if_unvalidated)
 from . import cluster_css, effective_rank, kmeans, nearest_other_centroid_distance
 
 MODULES = (kmeans, cluster_css, effective_rank, nearest_other_centroid_distance)
@@ -31,7 +32,7 @@ OPS: tuple[OpSpec, ...] = tuple(module.SPEC for module in MODULES)
 OP_NAMES: tuple[str, ...] = tuple(name for spec in OPS for name in spec.names)
 
 __all__ = ["OPS", "OP_NAMES", "MODULES", "UNCHECKED", "OpSpec", "DoubleBackwardError", "extension_available", "cuda_built",
-           "build_info", "has_kernel", "require_kernel", "warn_if_unvalidated", "IMPORT_ERROR"]
+           "build_info", "has_kernel", "require_kernel", "warn_if_unvalidated", "deferred_eigen_status", "IMPORT_ERROR"]
 
 
 # The ops without their argument checks, for callers that built the arguments themselves

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -53,3 +54,22 @@ def warn_if_unvalidated(device: torch.device) -> None:
             RuntimeWarning,
             stacklevel=4,
         )
+
+
+@contextlib.contextmanager
+def deferred_eigen_status(device: torch.device):
+    """Within the block, the CUDA eigensolvers of this thread on ``device`` do not read their
+    status on the host (csrc/cuda/solver.cuh): a matrix they fail on sets the yielded flag, a
+    0-dim int32 tensor on ``device``, to 1, and the results of that call are not usable. The
+    caller reads the flag with its other checks and recomputes without deferral when it is set.
+    Yields None where there is nothing to defer (CPU tensors, or no CUDA kernels).
+    """
+    if device.type != "cuda" or _C is None or not bool(_C.with_cuda):
+        yield None
+        return
+    flag = torch.zeros((), dtype=torch.int32, device=device)
+    _C._defer_cuda_eigen_status(flag.data_ptr(), flag.device.index)
+    try:
+        yield flag
+    finally:
+        _C._defer_cuda_eigen_status(0, -1)

@@ -17,7 +17,8 @@ from .._validation import check_labels, check_positive_int
 from ._common import OpSpec, batch_points, register_autograd, require_kernel
 
 SPEC = OpSpec("cluster_css", backward="cluster_css_backward")
-KEEP_BASIS_BYTES = 64 << 20  # largest eigenbasis the forward keeps for its backward
+KEEP_BASIS_BYTES = 64 << 20  # largest eigenbasis the forward keeps for its backward (CPU)
+KEEP_BASIS_BYTES_CUDA = 1 << 30  # on a GPU: see keep_basis
 
 
 def prepare(x, labels, num_clusters):
@@ -39,11 +40,18 @@ def keep_basis(x: torch.Tensor, num_clusters: int) -> bool:
     2 cores), not for small ones, whose eigenvalues the forward gets four at a time. Only when a
     gradient will be asked for, and the bases ((P, k, S, S) float64, S = min(M − 1, d)) fit in
     KEEP_BASIS_BYTES.
+
+    On a GPU they are kept whenever a gradient will be asked for and they fit in
+    KEEP_BASIS_BYTES_CUDA: a backward that recomputes them runs the eigensolver again and reads
+    its status on the host (a synchronisation the training step would pay), and device memory
+    for them is cheap next to the activations of the model.
     """
     if not (torch.is_grad_enabled() and x.requires_grad):
         return False
     P, M, d = x.shape
     S = min(M - 1, d)
+    if x.device.type == "cuda":
+        return P * num_clusters * S * S * 8 <= KEEP_BASIS_BYTES_CUDA
     return M / num_clusters > 128 and P * num_clusters * S * S * 8 <= KEEP_BASIS_BYTES
 
 
@@ -68,30 +76,34 @@ def cluster_css(x, labels, num_clusters: int):
     return (values[0], counts[0]) if b.single else (values, counts)
 
 
-def unchecked(x, labels, num_clusters: int):
+def unchecked(x, labels, num_clusters: int, sizes=None):
     """:func:`cluster_css` on ``(P, M, d)`` points and ``(P, M)`` int64 labels already checked by
-    the caller: no validation, no host synchronisation."""
-    return torch.ops.dse.cluster_css(x, labels, num_clusters, keep_basis(x, num_clusters))[:2]
+    the caller: no validation. ``sizes``: the member counts ``(P, k)`` int64 on the CPU when the
+    caller has them; the CUDA kernel then plans its batches without a host synchronisation
+    (and its backward too: they are kept for it)."""
+    return torch.ops.dse.cluster_css(x, labels, num_clusters, keep_basis(x, num_clusters), sizes)[:2]
 
 
 def _setup_context(ctx, inputs, output):
-    x, labels, k, _keep = inputs
+    x, labels, k, _keep, sizes = inputs
     _, _, eigenvalues, eigenvectors = output  # empty unless the forward kept its Gram eigenbases
     ctx.save_for_backward(x, labels, eigenvalues, eigenvectors)
     ctx.k = k
+    ctx.sizes = sizes  # a small CPU tensor or None
 
 
 def _backward(ctx, grad_values, grad_counts, grad_eigenvalues, grad_eigenvectors):
     x, labels, eigenvalues, eigenvectors = ctx.saved_tensors
     if grad_values is None or not ctx.needs_input_grad[0]:
-        return None, None, None, None
-    grad_x = torch.ops.dse.cluster_css_backward(grad_values.contiguous(), x, labels, ctx.k, eigenvalues, eigenvectors)
-    return grad_x, None, None, None
+        return None, None, None, None, None
+    grad_x = torch.ops.dse.cluster_css_backward(grad_values.contiguous(), x, labels, ctx.k, eigenvalues, eigenvectors,
+                                                ctx.sizes)
+    return grad_x, None, None, None, None
 
 
 def register() -> None:
     @torch.library.register_fake("dse::cluster_css")
-    def _fake(x, labels, k, keep_basis=False):
+    def _fake(x, labels, k, keep_basis=False, sizes=None):
         P, M, d = x.shape
         if keep_basis:
             S = min(M - 1, d)
@@ -101,7 +113,7 @@ def register() -> None:
         return x.new_empty(P, k), x.new_empty(P, k, dtype=torch.long), eig, vec
 
     @torch.library.register_fake("dse::cluster_css_backward")
-    def _backward_fake(grad, x, labels, k, eigenvalues=None, eigenvectors=None):
+    def _backward_fake(grad, x, labels, k, eigenvalues=None, eigenvectors=None, sizes=None):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     register_autograd(SPEC, _backward, _setup_context)

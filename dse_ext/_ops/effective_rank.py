@@ -13,7 +13,7 @@ import torch
 
 from .._validation import as_float_tensor, check_labels
 from ._common import OpSpec, register_autograd, require_kernel
-from .cluster_css import KEEP_BASIS_BYTES
+from .cluster_css import KEEP_BASIS_BYTES, KEEP_BASIS_BYTES_CUDA
 
 SPEC = OpSpec("effective_rank", backward="effective_rank_backward")
 
@@ -38,10 +38,13 @@ def prepare(x, index=None):
 def keep_basis(x: torch.Tensor, P: int, m: int, d: int) -> bool:
     """Whether the forward should keep its Gram eigenbases for the backward (see
     :func:`dse_ext._ops.cluster_css.keep_basis`; e.g. the pooled M_dim of the regularizer, one
-    12544 × 384 matrix: forward +6 ms, backward −57 ms on 2 cores)."""
+    12544 × 384 matrix: forward +6 ms, backward −57 ms on 2 cores). On a GPU whenever a gradient
+    will be asked for and they fit in ``KEEP_BASIS_BYTES_CUDA``, as for the css."""
     if not (torch.is_grad_enabled() and x.requires_grad):
         return False
     S = min(m, d)
+    if x.device.type == "cuda":
+        return P * S * S * 8 <= KEEP_BASIS_BYTES_CUDA
     return m > 128 and P * S * S * 8 <= KEEP_BASIS_BYTES
 
 

@@ -27,7 +27,10 @@ def check_options(max_iters, tol, init) -> None:
 
 
 def prepare(x, num_clusters, max_iters, tol, init, counts, seed=0):
-    """Checked arguments: ``(batched points, counts (P,) int64 on x's device, init code)``."""
+    """Checked arguments: ``(batched points, counts (P,) int64 on the CPU, init code)``.
+
+    The counts stay on the CPU: the kernels check them on the host, and the CUDA kernel copies
+    them to the GPU without a host synchronisation (a copy from pageable memory would wait)."""
     b = batch_points(x)
     check_seed(seed)
     P, M, _ = b.x.shape
@@ -48,7 +51,7 @@ def prepare(x, num_clusters, max_iters, tol, init, counts, seed=0):
             f"too few points for {num_clusters} clusters: a problem has {low} point(s); "
             f"lower num_clusters or give more tokens"
         )
-    return b, counts_t.to(b.x.device), INIT_CODES[init]
+    return b, counts_t, INIT_CODES[init]
 
 
 def kmeans(x, num_clusters: int, *, max_iters: int = 20, tol: float = 1e-4, seed: int = 0,
@@ -88,9 +91,10 @@ def kmeans(x, num_clusters: int, *, max_iters: int = 20, tol: float = 1e-4, seed
 def unchecked(x, num_clusters: int, *, max_iters: int = 20, tol: float = 1e-4, seed: int = 0,
               init: str = "k-means++", counts=None):
     """:func:`kmeans` on ``(P, M, d)`` points already checked by the caller (``counts``: a
-    ``(P,)`` int64 tensor on x's device, or None): no validation, no host synchronisation."""
+    ``(P,)`` int64 tensor, best on the CPU, or None): no validation, no host synchronisation
+    (counts on a GPU are checked there by a device-side assertion, csrc/common/kmeans_args.h)."""
     if counts is None:
-        counts = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+        counts = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
     return torch.ops.dse.kmeans(x, counts, num_clusters, max_iters, float(tol), int(seed), INIT_CODES[init])[:2]
 
 
