@@ -5,12 +5,14 @@
     dse select results.csv [--top 3 --window 2 --json selection.json]
     dse plot results.csv -o dse.png
     dse demo [--quick] [--out DIR]
+    dse env [--json]              # versions, build and devices, for bug reports
 
 Exit status: 0 on success, 1 when some checkpoints could not be scored (the others are in the
 table), 2 for bad arguments or input: one line on stderr (``dse <command>: error: ...``), no
 traceback, and no work done before the check (arguments, model name, device, output path, DSE
 options against the token count, a table in use or scored with other settings are all checked
-before the first checkpoint). A traceback means a bug in dse_ext: please report it.
+before the first checkpoint). A traceback means a bug in dse_ext: please report it, with the
+output of ``dse env``.
 """
 
 from __future__ import annotations
@@ -123,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--no-progress", action="store_true")
 
+    en = sub.add_parser("env", help="versions, the compiled operators' build and the devices seen "
+                                    "(paste it into bug reports)")
+    en.add_argument("--json", action="store_true", help="as JSON")
+
     pl = sub.add_parser("plot", help="components and DSE_λ over training, selection marked (needs matplotlib)")
     pl.add_argument("results", help="results CSV written by `dse score`")
     pl.add_argument("-o", "--out", default="dse.png", help="image file (default dse.png)")
@@ -199,6 +205,14 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env(args: argparse.Namespace) -> int:
+    from .environment import environment, format_environment
+
+    env = environment()
+    print(json.dumps(env, indent=2) if args.json else format_environment(env))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -213,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     from .locking import TableInUseError
 
     args = build_parser().parse_args(argv)
-    handler = {"score": _score, "select": _select, "plot": _plot, "demo": _demo}[args.command]
+    handler = {"score": _score, "select": _select, "plot": _plot, "demo": _demo, "env": _env}[args.command]
     try:
         return handler(args)
     except (ValueError, ImportError, OSError, TableInUseError) as e:  # the user's input or machine, not a bug

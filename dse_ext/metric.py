@@ -238,10 +238,12 @@ def _host_read_arrays(*values: torch.Tensor) -> list[np.ndarray]:
 
 def _member_counts(labels: torch.Tensor, k: int) -> torch.Tensor:
     """Member counts ``(P, k)`` int64 of labels ``(P, M)`` in ``[-1, k)`` (-1 counts nowhere), on
-    labels' device, without a host synchronisation."""
-    slot = torch.where(labels >= 0, labels, k)
-    bins = torch.zeros(labels.shape[0], k + 1, dtype=torch.long, device=labels.device)
-    return bins.scatter_add_(1, slot, torch.ones_like(slot))[:, :k]
+    labels' device, without a host synchronisation: an integer scatter-add over one flat dimension
+    (deterministic on CUDA also under ``torch.use_deterministic_algorithms``)."""
+    P = labels.shape[0]
+    key = torch.where(labels >= 0, labels, k) + (k + 1) * torch.arange(P, device=labels.device)[:, None]
+    bins = torch.zeros(P * (k + 1), dtype=torch.long, device=labels.device)
+    return bins.scatter_add_(0, key.reshape(-1), torch.ones_like(key).reshape(-1)).reshape(P, k + 1)[:, :k]
 
 
 def _merge_identical_centroids(centroids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -43,13 +43,15 @@ struct ClusterCssArgs {
 };
 
 // Member counts (P, k) int64 of labels (P, M) in [-1, k), on labels' device, without a
-// host synchronisation (label -1 counts nowhere). Deterministic: integer sums.
+// host synchronisation (label -1 counts nowhere). An integer scatter-add over one flat
+// dimension: exact, and deterministic also under torch.use_deterministic_algorithms.
 inline at::Tensor member_counts(const at::Tensor& labels, int64_t k) {
   const int64_t P = labels.size(0);
   const at::Tensor slot = labels.where(labels >= 0, at::full({}, k, labels.options()));  // -1 -> spare bin k
-  at::Tensor bins = at::zeros({P, k + 1}, labels.options());
-  bins.scatter_add_(1, slot, at::ones_like(slot));
-  return bins.narrow(1, 0, k).contiguous();
+  const at::Tensor key = (at::arange(P, labels.options()).unsqueeze(1) * (k + 1) + slot).reshape(-1);
+  at::Tensor bins = at::zeros({P * (k + 1)}, labels.options());
+  bins.scatter_add_(0, key, at::ones_like(key));
+  return bins.view({P, k + 1}).narrow(1, 0, k).contiguous();
 }
 
 // sizes: rule above. The CPU kernel compares them with the counts of the (range-checked)
