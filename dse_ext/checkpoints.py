@@ -9,7 +9,9 @@ prefix), plain state_dicts (``torch.save(model.state_dict())``), ``{"model": ...
 
 Auto-detection picks the sub-dict and the key prefix under which the most of the model's
 parameters are found (ties: not a momentum/EMA copy, then the shorter prefix). ``key`` and
-``prefix`` override it. Loading refuses a checkpoint that leaves any model parameter unset or
+``prefix`` override it. ``rename`` rewrites the keys left after the prefix with regular
+expressions, for layouts whose names differ from the model's (a torchvision ResNet flattened into
+``nn.Sequential``: ``0.`` → ``conv1.``, ``4.`` → ``layer1.``, ...). Loading refuses a checkpoint that leaves any model parameter unset or
 has a tensor of the wrong shape: scoring a half-random network would give a meaningless number.
 """
 
@@ -17,13 +19,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "LoadReport", "read_checkpoint", "load_weights"]
+__all__ = ["CheckpointError", "LoadReport", "read_checkpoint", "load_weights", "parse_rename"]
 
 # Sub-dicts tried in this order when no key is given (the first holding the model wins ties).
 _SUBDICT_KEYS = ("teacher", "state_dict", "model", "module", "student", "model_ema", "network", "net", "encoder")
@@ -45,6 +49,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)      # model tensors the checkpoint lacks
     unexpected: list[str] = field(default_factory=list)   # checkpoint tensors under the prefix the model lacks
     mismatched: list[str] = field(default_factory=list)   # same name, other shape
+    renamed: list[tuple[str, str]] = field(default_factory=list)  # (key after the prefix, its new name)
 
     @property
     def ok(self) -> bool:
@@ -53,6 +58,9 @@ class LoadReport:
     def summary(self) -> str:
         where = f"[{self.key!r}]" if self.key else "(top level)"
         text = f"{self.path}: {where} prefix {self.prefix!r}: {self.loaded} tensors loaded"
+        if self.renamed:
+            shown = ", ".join(f"{old} -> {new}" for old, new in self.renamed[:3])
+            text += f"; renamed: {shown}" + (f", … ({len(self.renamed)} in all)" if len(self.renamed) > 3 else "")
         for name, keys in (("missing", self.missing), ("unexpected", self.unexpected),
                            ("shape mismatch", self.mismatched)):
             if keys:
@@ -131,13 +139,67 @@ def _candidate_dicts(obj, key: str | None):
     return found
 
 
-def _best_prefix(ckpt_keys, model_keys: set[str]) -> tuple[str, int]:
-    """The prefix whose stripping matches the most model keys, and that count."""
+Rename = list[tuple["re.Pattern[str]", str]]
+
+
+def parse_rename(rules) -> Rename:
+    """Key renaming rules, checked: ``"REGEX=REPLACEMENT"`` strings (split at the first ``=``) or
+    ``(regex, replacement)`` pairs. Each rule is ``re.sub(regex, replacement, key)`` on the key left
+    after the prefix, applied in order; ``\\1`` / ``\\g<name>`` refer to the regex's groups.
+    Raises ``ValueError`` naming the rule that is not valid."""
+    if rules is None:
+        return []
+    if isinstance(rules, str):
+        rules = [rules]
+    parsed = []
+    for rule in rules:
+        if isinstance(rule, str):
+            if "=" not in rule:
+                raise ValueError(f"rename rule {rule!r} must be REGEX=REPLACEMENT, e.g. '^4\\.=layer1.'")
+            pattern, replacement = rule.split("=", 1)
+        elif isinstance(rule, Sequence) and len(rule) == 2 and all(isinstance(p, str) for p in rule):
+            pattern, replacement = rule
+        else:
+            raise ValueError(f"a rename rule must be a 'REGEX=REPLACEMENT' string or a (regex, replacement) pair, "
+                             f"got {rule!r}")
+        if not pattern:
+            raise ValueError(f"rename rule {rule!r} has an empty regex")
+        try:
+            compiled = re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"rename rule {rule!r}: {pattern!r} is not a valid regular expression ({e})") from None
+        for number, name in re.findall(r"\\(\d+)|\\g<([^>]*)>", replacement):
+            group = number or name
+            known = (group.isdigit() and int(group) <= compiled.groups) or group in compiled.groupindex
+            if not known:
+                raise ValueError(f"rename rule {rule!r}: the replacement refers to group {group!r}, which "
+                                 f"{pattern!r} does not have")
+        parsed.append((compiled, replacement))
+    return parsed
+
+
+def _is_parsed(rules) -> bool:
+    return isinstance(rules, list) and all(isinstance(r, tuple) and isinstance(r[0], re.Pattern) for r in rules)
+
+
+def rename_rules_setting(rules: Rename) -> list[list[str]] | None:
+    """The rules as JSON (for the results table's settings); None without rules."""
+    return [[p.pattern, r] for p, r in rules] or None
+
+
+def _renamed(key: str, rules: Rename) -> str:
+    for pattern, replacement in rules:
+        key = pattern.sub(replacement, key)
+    return key
+
+
+def _best_prefix(ckpt_keys, model_keys: set[str], rules: Rename = ()) -> tuple[str, int]:
+    """The prefix whose stripping (then renaming) matches the most model keys, and that count."""
     counts: dict[str, int] = {}
     for k in ckpt_keys:
         parts = k.split(".")
         for i in range(len(parts)):
-            if ".".join(parts[i:]) in model_keys:
+            if _renamed(".".join(parts[i:]), rules) in model_keys:
                 prefix = ".".join(parts[:i]) + ("." if i else "")
                 counts[prefix] = counts.get(prefix, 0) + 1
     if not counts:
@@ -147,7 +209,7 @@ def _best_prefix(ckpt_keys, model_keys: set[str]) -> tuple[str, int]:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *, key: str | None = None, prefix: str | None = None,
-                 strict: bool = True, unsafe: bool = False) -> LoadReport:
+                 rename=None, strict: bool = True, unsafe: bool = False) -> LoadReport:
     """Loads the backbone weights in ``path`` into ``model`` and reports what happened.
 
     Args:
@@ -157,6 +219,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, key: str | None =
             default: detected.
         prefix: the key prefix to strip (``"module.backbone."``); only keys under it are used.
             Default: detected.
+        rename: key renaming rules applied after the prefix is stripped (see :func:`parse_rename`):
+            ``["^0\\.=conv1.", "^4\\.=layer1."]`` or ``[("^0\\.", "conv1."), ...]``. The prefix is
+            detected on the renamed keys. Two keys renamed to one name are refused.
         strict: refuse (raise :class:`CheckpointError`) when a model tensor is missing or has
             another shape. Unexpected extra tensors are reported, never fatal.
         unsafe: see :func:`read_checkpoint`.
@@ -164,20 +229,35 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, key: str | None =
     Returns:
         :class:`LoadReport`. The model's tensors are replaced only when loading succeeds.
     """
+    rules = rename if _is_parsed(rename) else parse_rename(rename)
     obj = read_checkpoint(path, unsafe=unsafe)
     model_state = model.state_dict()
     model_keys = set(model_state)
     best = None
     for sub_key, state in _candidate_dicts(obj, key):
         if prefix is not None:
-            chosen, matched = prefix, sum(1 for k in state if k.startswith(prefix) and k[len(prefix):] in model_keys)
+            chosen = prefix
+            matched = sum(1 for k in state if k.startswith(prefix) and _renamed(k[len(prefix):], rules) in model_keys)
         else:
-            chosen, matched = _best_prefix(state.keys(), model_keys)
+            chosen, matched = _best_prefix(state.keys(), model_keys, rules)
         if best is None or matched > best[3]:
             best = (sub_key, state, chosen, matched)
     sub_key, state, chosen, _ = best
-    stripped = {k[len(chosen):]: v for k, v in state.items() if k.startswith(chosen)}
     report = LoadReport(path=str(path), key=sub_key, prefix=chosen, loaded=0)
+    stripped: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for k, v in state.items():
+        if not k.startswith(chosen):
+            continue
+        old = k[len(chosen):]
+        new = _renamed(old, rules)
+        if new in origin:
+            raise CheckpointError(f"{path}: the rename rules map both {origin[new]!r} and {old!r} to {new!r}; "
+                                  "make them more specific (anchor them with ^, end them with \\.)")
+        origin[new] = old
+        stripped[new] = v
+        if new != old:
+            report.renamed.append((old, new))
     report.missing = sorted(model_keys - stripped.keys())
     report.unexpected = sorted(stripped.keys() - model_keys)
     report.mismatched = sorted(k for k in model_keys & stripped.keys() if stripped[k].shape != model_state[k].shape)

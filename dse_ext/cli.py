@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-key", help="sub-dict holding the weights (teacher, state_dict, ...); "
                                             "default: detected")
     s.add_argument("--strip-prefix", help="key prefix to strip (module.backbone., ...); default: detected")
+    s.add_argument("--rename-keys", action="append", metavar="REGEX=REPLACEMENT",
+                   help="rewrite checkpoint keys after the prefix is stripped (re.sub, repeatable, applied in "
+                        "order), e.g. '^4\\.=layer1.' for a ResNet flattened into nn.Sequential")
     s.add_argument("--unsafe-load", action="store_true",
                    help="allow checkpoints that pickle arbitrary Python objects (only files you trust)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -168,6 +171,7 @@ def _score(args: argparse.Namespace) -> int:
                 args.checkpoints, model=args.model, images=args.images, out=args.out, num_images=args.num_images,
                 batch_size=args.batch_size, dse_batch=args.dse_batch, device=device, dtype=args.dtype,
                 seed=args.seed, layer=_layer(args.layer), key=args.checkpoint_key, prefix=args.strip_prefix,
+                rename=args.rename_keys,
                 image_size=args.image_size, unsafe_load=args.unsafe_load, model_kwargs=args.model_kwargs,
                 rescore=args.rescore, progress=not args.no_progress, **dse_kwargs)
     finally:

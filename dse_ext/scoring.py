@@ -58,7 +58,8 @@ _GLOB_CHARS = set("*?[")
 _INFORMATIVE = ("images",)
 # How each setting is given on the command line, for the messages.
 _FLAGS = {"model": "--model", "model_kwargs": "--model-kwargs", "layer": "--layer", "checkpoint_key": "--checkpoint-key",
-          "strip_prefix": "--strip-prefix", "dtype": "--dtype", "num_images": "--num-images",
+          "strip_prefix": "--strip-prefix", "rename_keys": "--rename-keys", "dtype": "--dtype",
+          "num_images": "--num-images",
           "image_size": "--image-size", "seed": "--seed", "dse_batch": "--dse-batch", "source": "--checkpoints/--features",
           "images_digest": "--images", "dse.local_clusters": "--local-clusters",
           "dse.global_clusters": "--global-clusters", "dse.group_size": "--group-size"}
@@ -475,7 +476,7 @@ def _check_dse_fits(count: int, tokens: int, dse_batch: int, options: dict) -> N
 def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images, out=None, num_images: int = 2048,
                       batch_size: int = 64, dse_batch: int = 1024, device: str | torch.device = "cpu",
                       dtype: torch.dtype | str = torch.float32, seed: int = 0, layer: int | str | None = None,
-                      key: str | None = None, prefix: str | None = None, image_size: int | None = None,
+                      key: str | None = None, prefix: str | None = None, rename=None, image_size: int | None = None,
                       unsafe_load: bool = False, model_kwargs: dict | None = None, rescore: bool = False,
                       progress: bool = True, **dse_kwargs) -> ScoreReport:
     """Scores each checkpoint of one training run on the same seeded images.
@@ -497,7 +498,8 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
             or ``float16`` through autocast); DSE is computed in float32.
         seed: picks the images and seeds DSE's k-means and permutations (an int in [0, 2**63)).
         layer: which block/stage or named module gives the features (:mod:`dse_ext.features`).
-        key, prefix, unsafe_load: checkpoint layout (:func:`dse_ext.checkpoints.load_weights`).
+        key, prefix, rename, unsafe_load: checkpoint layout (:func:`dse_ext.checkpoints.load_weights`):
+            the sub-dict, the key prefix to strip, key renaming rules (``["^0\\.=conv1."]``).
         image_size: crop size of images read from a folder; default: the input size of a
             fixed-size ViT, else the model's default configuration, else 224.
         rescore: score every checkpoint again and replace the table's rows, whatever settings
@@ -512,7 +514,7 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
     :class:`SettingsMismatchError` when ``out`` holds rows scored with other settings;
     :class:`TableInUseError` when another process is writing ``out``.
     """
-    from .checkpoints import load_weights
+    from .checkpoints import load_weights, parse_rename, rename_rules_setting
     from .features import FeatureExtractor
     from .images import load_image_subset, normalize
 
@@ -528,6 +530,7 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
         _check_int(image_size, "image_size", 1)
     seed = check_seed(seed)
     options = dse_options(**dse_kwargs)
+    rules = parse_rename(rename)
     if not isinstance(model, (str, torch.nn.Module)):
         raise TypeError(f"model must be a timm model name or an nn.Module, got {type(model).__name__}")
     from_folder = isinstance(images, (str, os.PathLike))
@@ -540,7 +543,8 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
     out_path = _check_out(out)
     settings = {"source": "checkpoints", "model": model if isinstance(model, str) else _module_identity(model),
                 "model_kwargs": model_kwargs or {}, "layer": layer, "checkpoint_key": key, "strip_prefix": prefix,
-                "dtype": str(dtype).replace("torch.", ""), "num_images": num_images, "seed": seed,
+                "rename_keys": rename_rules_setting(rules), "dtype": str(dtype).replace("torch.", ""),
+                "num_images": num_images, "seed": seed,
                 "dse_batch": dse_batch, "dse": options,
                 "images": str(Path(images).resolve()) if from_folder else "tensor"}
 
@@ -583,7 +587,7 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
             return torch.cat([run(pixels[i:min(stop, i + batch_size)]) for i in range(start, stop, batch_size)])
 
         def score_one(path: str) -> dict:
-            load_weights(net, path, key=key, prefix=prefix, unsafe=unsafe_load)
+            load_weights(net, path, key=key, prefix=prefix, rename=rules, unsafe=unsafe_load)
             return dse_in_chunks(features, count, dse_batch, seed=seed, **options)
 
         return _run(table, names, score_one, progress=progress, desc="checkpoints")

@@ -117,3 +117,68 @@ def test_unreadable_files_give_actionable_errors(tmp_path, weights):
         load_weights(vit(), tmp_path / "nothing.pth")
     with pytest.raises(CheckpointError, match="no sub-dict 'teacher'"):
         load_weights(vit(), tmp_path / "full.pth", key="teacher")
+
+
+# ---------------------------------------------------------------- renaming keys (--rename-keys)
+class _ResNetLike(torch.nn.Module):
+    """torchvision's names: conv1, bn1, layer1 (a block with conv1), fc-less."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 4, 3)
+        self.bn1 = torch.nn.BatchNorm2d(4)
+        self.layer1 = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3))
+
+
+RESNET_RULES = [r"^0\.=conv1.", r"^1\.=bn1.", r"^4\.=layer1."]
+
+
+def _flattened(model, prefix="encoder.", shift=0.0):
+    """The model's weights as an nn.Sequential(conv1, bn1, relu, maxpool, layer1) would name them."""
+    names = {"conv1.": "0.", "bn1.": "1.", "layer1.": "4."}
+    out = {}
+    for k, v in model.state_dict().items():
+        head = next(n for n in names if k.startswith(n))
+        out[prefix + names[head] + k[len(head):]] = v + shift if v.is_floating_point() else v
+    return out
+
+
+def test_rename_loads_a_resnet_flattened_into_sequential(tmp_path):
+    source, target = _ResNetLike(), _ResNetLike()
+    path = tmp_path / "simclr.pth"
+    # The encoder and decoys: a momentum copy under another prefix, a projection head.
+    torch.save({"state_dict": {**_flattened(source), **_flattened(source, "momentum_encoder.", 1.0),
+                               "projector.0.weight": torch.zeros(2, 2)}}, path)
+    with pytest.raises(CheckpointError, match="do not fit the model"):
+        load_weights(target, path)  # the names differ: nothing usable without the rules
+    report = load_weights(target, path, rename=RESNET_RULES)
+    assert report.prefix == "encoder." and report.ok
+    for k, v in source.state_dict().items():
+        assert torch.equal(target.state_dict()[k], v), k
+    assert ("0.weight", "conv1.weight") in report.renamed
+    assert "renamed: " in report.summary() and "conv1.weight" in report.summary()
+    # (regex, replacement) pairs and an explicit prefix work the same way
+    other = _ResNetLike()
+    pairs = [tuple(rule.split("=", 1)) for rule in RESNET_RULES]
+    load_weights(other, path, prefix="encoder.", rename=pairs)
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in source.state_dict().items())
+
+
+@pytest.mark.parametrize("rules, message", [
+    (["^0\\.conv1."], "must be REGEX=REPLACEMENT"),
+    (["(=x"], "not a valid regular expression"),
+    (["^0\\.=\\2."], "refers to group '2'"),
+    (["=x"], "empty regex"),
+    ([3], "must be a 'REGEX=REPLACEMENT' string"),
+])
+def test_bad_rename_rules_are_refused_before_reading(tmp_path, rules, message):
+    with pytest.raises(ValueError, match=message):
+        load_weights(_ResNetLike(), tmp_path / "never_read.pth", rename=rules)
+
+
+def test_rename_rules_that_merge_two_keys_are_refused(tmp_path):
+    source = _ResNetLike()
+    path = tmp_path / "ckpt.pth"
+    torch.save(_flattened(source, prefix=""), path)
+    with pytest.raises(CheckpointError, match="map both '0.weight' and '1.weight' to"):
+        load_weights(_ResNetLike(), path, rename=[r"^[01]\.weight=conv1.weight"])

@@ -205,6 +205,7 @@ def test_checkpoint_settings_model_images_num_images_are_checked_before_scoring(
     for change, pattern in [(dict(num_images=4), r"num_images \(--num-images\): 6 in the table, 4 now"),
                             (dict(model_kwargs={**MODEL_KWARGS, "depth": 2}), r"model_kwargs.depth"),
                             (dict(layer=2), r"layer \(--layer\)"),
+                            (dict(rename=[r"^norm\.=norm."]), r"rename_keys \(--rename-keys\): None in the table"),
                             (dict(dtype="bfloat16"), r"dtype"),
                             (dict(image_size=24), r"image_size \(--image-size\)")]:
         with pytest.raises(SettingsMismatchError, match=pattern):
@@ -214,6 +215,20 @@ def test_checkpoint_settings_model_images_num_images_are_checked_before_scoring(
     with pytest.raises(SettingsMismatchError, match=r"images_digest \(--images\)"):
         score_checkpoints([ckpt], **common)
     assert calls == []  # no checkpoint was loaded by any refused run
+    monkeypatch.undo()
+
+    # A checkpoint whose keys need renaming, through the command line; the rules are a setting.
+    renamed = tmp_path / "renamed_ep2.pth"
+    torch.save({k.replace("blocks.", "layers."): v for k, v in model.state_dict().items()}, renamed)
+    out2 = tmp_path / "r2.csv"
+    argv = ["score", "--model", "vit_tiny_patch16_224", "--model-kwargs", '{"img_size": 32, "patch_size": 8}',
+            "--checkpoints", str(renamed), "--images", str(image_dir), "--out", str(out2), "--num-images", "6",
+            "--dse-batch", "6", "--image-size", "32", *CLI_KW]
+    assert cli.main(argv) == 1  # blocks.* missing: reported as a failed checkpoint
+    assert cli.main(argv + ["--rename-keys", r"^layers\.=blocks.", "--rescore"]) == 0
+    rows = read_results(out2)
+    assert len(rows) == 1 and rows[0]["settings"]["rename_keys"] == [[r"^layers\.", "blocks."]]
+    assert cli.main(argv + ["--rename-keys", "(oops=x"]) == 2
 
 
 # --- training order and selection ------------------------------------------------------------
