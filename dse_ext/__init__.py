@@ -31,6 +31,7 @@ from .crowding import CrowdingOutput, crowding
 from .features import FeatureExtractor, dense_features
 from .metric import DSEOutput, dse
 from .regularizers import DSARegularizer, DSERegularizer
+from .scores import available_scores, register_score
 from .scoring import SettingsMismatchError, TableInUseError, score_checkpoints, score_features
 
 # Loaded on first use (numpy, matplotlib, tensorboard stay out of `import dse_ext`).
@@ -49,4 +50,5 @@ __all__ = ["dse", "DSEOutput", "DSERegularizer", "DSARegularizer", "crowding", "
            "reference", "extension_available", "cuda_built", "build_info", "dense_features", "FeatureExtractor",
            "load_weights", "CheckpointError", "score_checkpoints", "score_features", "SettingsMismatchError",
            "TableInUseError", "DoubleBackwardError", "select_checkpoints",
-           "paper_lambda", "Selection", "plot_results", "DSEMonitor", "baselines"]
+           "paper_lambda", "Selection", "plot_results", "DSEMonitor", "baselines", "register_score",
+           "available_scores"]

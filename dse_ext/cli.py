@@ -1,6 +1,7 @@
 """The ``dse`` command (also ``python -m dse_ext``): score checkpoints, select, plot.
 
     dse score --model vit_small_patch16_224 --checkpoints 'runs/ckpt_*.pth' --images DIR --out results.csv
+    dse score ... --scores dse,rankme,dense_rankme,alpha_req,lidar   # every score from one pass
     dse score --features 'feats/*.pt' --out results.csv
     dse select results.csv [--top 3 --window 2 --json selection.json]
     dse plot results.csv -o dse.png
@@ -108,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "order), e.g. '^4\\.=layer1.' for a ResNet flattened into nn.Sequential")
     s.add_argument("--unsafe-load", action="store_true",
                    help="allow checkpoints that pickle arbitrary Python objects (only files you trust)")
+    s.add_argument("--scores", default="dse", metavar="NAMES",
+                   help="comma-separated scores to compute from the same features (default dse); built in: dse, "
+                        "rankme, dense_rankme, alpha_req, lidar. A table lacking some gets only those")
+    s.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import this Python module first (one that registers scores with "
+                        "dse_ext.register_score); repeatable")
+    s.add_argument("--lidar-images", type=_int_at_least(2), default=None,
+                   help="images whose augmented views LiDAR scores (the first of the subset; default 256)")
+    s.add_argument("--lidar-views", type=_int_at_least(2), default=None, help="augmented views per image (default 4)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     _dse_options(s)
 
@@ -156,6 +166,17 @@ def _score(args: argparse.Namespace) -> int:
 
     dse_kwargs = dict(local_clusters=args.local_clusters, global_clusters=args.global_clusters,
                       group_size=args.group_size)
+    import importlib
+
+    from .scores import LIDAR_IMAGES, LIDAR_VIEWS
+
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"--import {module}: {e}") from None
+    if args.features and (args.lidar_images or args.lidar_views):
+        raise ValueError("--lidar-images / --lidar-views are for --checkpoints (LiDAR needs a model)")
     if args.features and (args.model or args.images):
         raise ValueError("--features scores saved features: --model and --images are for --checkpoints")
     if args.checkpoints and (not args.model or not args.images):
@@ -165,7 +186,8 @@ def _score(args: argparse.Namespace) -> int:
     try:
         if args.features:
             report = score_features(args.features, out=args.out, dse_batch=args.dse_batch, seed=args.seed,
-                                    rescore=args.rescore, progress=not args.no_progress, **dse_kwargs)
+                                    rescore=args.rescore, scores=args.scores, progress=not args.no_progress,
+                                    **dse_kwargs)
         else:
             report = score_checkpoints(
                 args.checkpoints, model=args.model, images=args.images, out=args.out, num_images=args.num_images,
@@ -173,7 +195,8 @@ def _score(args: argparse.Namespace) -> int:
                 seed=args.seed, layer=_layer(args.layer), key=args.checkpoint_key, prefix=args.strip_prefix,
                 rename=args.rename_keys,
                 image_size=args.image_size, unsafe_load=args.unsafe_load, model_kwargs=args.model_kwargs,
-                rescore=args.rescore, progress=not args.no_progress, **dse_kwargs)
+                rescore=args.rescore, scores=args.scores, lidar_images=args.lidar_images or LIDAR_IMAGES,
+                lidar_views=args.lidar_views or LIDAR_VIEWS, progress=not args.no_progress, **dse_kwargs)
     finally:
         if started:
             import torch.distributed as dist
@@ -181,6 +204,8 @@ def _score(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
     if distributed.rank() == 0:
         changed = f" ({len(report.changed)} of them changed since last scored)" if report.changed else ""
+        if report.extended:
+            changed += f" ({len(report.extended)} of them given only the scores they lacked)"
         print(f"{len(report.scored)} scored{changed}, {len(report.skipped)} already done, {len(report.failures)} "
               f"failed -> {args.out}", file=sys.stderr)
         for name, reason in report.failures:

@@ -112,6 +112,27 @@ class FeatureExtractor:
             return self._by_timm(images)
         return self._by_forward_features(images)
 
+    def with_embeddings(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens (B, N, d), embeddings (B, e))``: the dense features and the image-level
+        embeddings of the same forward pass. Embeddings are the model's pooled pre-logits output
+        (timm: ``forward_head(final features, pre_logits=True)``: the class token of a ViT with
+        token pooling, the global average of a CNN), whatever ``layer`` the tokens come from; for
+        other models (and layers read by name) the mean of the patch tokens."""
+        if isinstance(self.layer, str) or not _is_timm_like(self.model) or \
+                not callable(getattr(self.model, "forward_head", None)):
+            tokens = self(images)
+            return tokens, tokens.mean(dim=1)
+        index = -1 if self.layer is None else self.layer
+        kwargs = dict(indices=[index], norm=self.norm, intermediates_only=False)
+        if self._nlc:
+            try:
+                final, (out,) = self.model.forward_intermediates(images, output_fmt="NLC", **kwargs)
+                return out, self.model.forward_head(final, pre_logits=True)
+            except AssertionError:
+                self._nlc = False
+        final, (out,) = self.model.forward_intermediates(images, output_fmt="NCHW", **kwargs)
+        return tokens_from_output(out), self.model.forward_head(final, pre_logits=True)
+
     def _by_timm(self, images: torch.Tensor) -> torch.Tensor:
         index = -1 if self.layer is None else self.layer
         kwargs = dict(indices=[index], norm=self.norm, stop_early=True, intermediates_only=True)

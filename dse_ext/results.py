@@ -4,8 +4,10 @@ Columns (:data:`COLUMNS`):
 
 - ``checkpoint``: the file as it was given (or a name); ``epoch`` and ``step``: parsed from the
   file name, empty when it states none;
-- the DSE components of :class:`dse_ext.DSEOutput` (``dse`` is the official form), ``num_images``
-  (images scored) and ``seconds`` (wall time);
+- the DSE components of :class:`dse_ext.DSEOutput` (``dse`` is the official form; empty when the
+  ``dse`` score was not asked for), then the columns of the other scores of :mod:`dse_ext.scores`
+  that were asked for (``rankme``, ``lidar``, a user's own, ...), ``num_images`` (images scored)
+  and ``seconds`` (wall time);
 - ``file``, ``file_size`` (bytes) and ``file_mtime_ns``: which file was scored — its resolved path
   (symbolic links followed) relative to the table's folder, and its size and modification time
   when it was scored. Resuming matches checkpoints by ``file``, so the same file given once as a
@@ -115,7 +117,7 @@ def read_results(path: str | os.PathLike) -> list[dict]:
             rows = []
             for raw in reader:
                 try:
-                    row = {k: _parse(k, v if v is not None else "") for k, v in raw.items() if k in COLUMNS}
+                    row = {k: _parse(k, v if v is not None else "") for k, v in raw.items() if k is not None}
                 except ValueError as e:
                     raise ValueError(f"{path}, line {reader.line_num}: {e}") from None
                 rows.append(row)
@@ -142,11 +144,31 @@ def _umask() -> int:
     return mask
 
 
+def score_columns_of(rows: Iterable[Mapping]) -> list[str]:
+    """The columns of the rows beyond :data:`COLUMNS` (other scores'), in order of appearance."""
+    extra: dict[str, None] = {}
+    for row in rows:
+        for column in row:
+            if column not in COLUMNS:
+                extra[column] = None
+    return list(extra)
+
+
+def table_columns(rows: Iterable[Mapping]) -> list[str]:
+    """The header of a table of these rows: :data:`COLUMNS` with the other scores' columns after
+    the DSE components."""
+    at = COLUMNS.index("num_images")
+    return [*COLUMNS[:at], *score_columns_of(rows), *COLUMNS[at:]]
+
+
 def write_results(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Writes ``rows`` (dicts with the keys of :data:`COLUMNS`) atomically to ``path``.
+    """Writes ``rows`` (dicts with the keys of :data:`COLUMNS`, and any other scores' columns)
+    atomically to ``path``.
 
     The new file gets the permissions of the table it replaces, or ``0666`` less the umask.
     """
+    rows = list(rows)
+    columns = table_columns(rows)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
@@ -159,9 +181,9 @@ def write_results(path: str | os.PathLike, rows: Iterable[dict]) -> None:
         os.fchmod(fd, mode)  # the umask may have narrowed an existing table's mode
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(COLUMNS)
+            writer.writerow(columns)
             for row in rows:
-                writer.writerow([_format(c, row.get(c)) for c in COLUMNS])
+                writer.writerow([_format(c, row.get(c)) for c in columns])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,8 +1,10 @@
-"""Scoring saved checkpoints (or saved features) with DSE: one results row per checkpoint.
+"""Scoring saved checkpoints (or saved features): one results row per checkpoint.
 
 :func:`score_checkpoints` loads every checkpoint into the same backbone, extracts the dense
-features of one seeded image subset and computes the DSE components; :func:`score_features` does
-the same for ``.pt`` files of features. Both write the results table of :mod:`dse_ext.results`
+features of one seeded image subset and computes the scores asked for (:mod:`dse_ext.scores`:
+``dse`` by default, ``rankme``, ``dense_rankme``, ``alpha_req``, ``lidar``, or a user's own) from
+one model forward per image (per view for LiDAR); :func:`score_features` does the same for
+``.pt`` files of features. Both write the results table of :mod:`dse_ext.results`
 after every checkpoint (atomically), and report a checkpoint that cannot be read, loaded or
 scored, then go on.
 
@@ -15,8 +17,12 @@ What a table promises (see also the README's "Guarantees"):
   are identified by their resolved file (``file`` column), so relative and absolute spellings of
   one file match, and a file rewritten since it was scored (other size or modification time) is
   scored again.
+- **Scores added, not redone.** Asking an existing table for a score it lacks computes only that
+  score's columns for the checkpoints already in it (the others are kept); a score asked for
+  again must have the options it was scored with (LiDAR's images and views).
 - **One set of settings.** The settings (model, layer, checkpoint layout, images — by the digest
-  of the pixels read —, image size, dtype, seed, DSE options) are recorded in every row. A resume
+  of the pixels read —, image size, dtype, seed, DSE options, the scores' options) are recorded
+  in every row. A resume
   with other settings is refused before any work with :class:`SettingsMismatchError`, which names
   each difference; ``rescore=True`` (``--rescore``) scores every checkpoint again and replaces
   the table's rows instead. Batch sizes and the device are not settings: they do not change what
@@ -46,11 +52,12 @@ from . import distributed
 from ._validation import check_seed
 from .locking import TableInUseError, TableLock
 from .metric import dse
-from .results import (COMPONENTS, parse_epoch_step, read_results, settings_differences, table_settings,
+from .results import (parse_epoch_step, read_results, settings_differences, table_settings,
                       training_order, write_results)
+from .scores import LIDAR_IMAGES, LIDAR_VIEWS, Score, ScoreBatch, ViewBatch, get_score, parse_scores
 
 __all__ = ["ScoreReport", "SettingsMismatchError", "TableInUseError", "score_checkpoints", "score_features",
-           "expand_paths", "dse_in_chunks", "dse_options"]
+           "expand_paths", "dse_in_chunks", "scores_in_chunks", "dse_options"]
 
 _GLOB_CHARS = set("*?[")
 # Settings recorded for information only: they may differ on resume (a moved image folder is fine:
@@ -77,6 +84,7 @@ class ScoreReport:
     scored: list[str] = field(default_factory=list)               # scored in this run
     skipped: list[str] = field(default_factory=list)              # already in the table: not redone
     changed: list[str] = field(default_factory=list)              # in the table, but the file changed: redone
+    extended: list[str] = field(default_factory=list)             # in the table: only the scores it lacked
     failures: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint, reason)
 
     @property
@@ -117,20 +125,41 @@ def dse_options(**dse_kwargs) -> dict:
     return {**allowed, **dse_kwargs}
 
 
+def scores_in_chunks(features: Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None]], num_images: int,
+                     chunk: int, scores: Sequence[Score], *, seed: int = 0, dse_options: dict | None = None) -> dict:
+    """The columns of ``needs="tokens"`` scores, averaged over ``round(num_images / chunk)``
+    near-equal chunks of images (weighted by chunk size).
+
+    ``features(start, stop)`` returns ``(tokens (n, N, d), embeddings (n, e) or None)`` of those
+    images; every score sees the same chunks.
+    """
+    parts = max(1, round(num_images / chunk))
+    bounds = torch.linspace(0, num_images, parts + 1).round().long().tolist()
+    totals: dict[str, float] = {}
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        tokens, embeddings = features(start, stop)
+        batch = ScoreBatch(tokens, embeddings, seed, dict(dse_options or {}))
+        for score in scores:
+            for name, value in score(batch).items():
+                totals[name] = totals.get(name, 0.0) + value * (stop - start) / num_images
+    return totals
+
+
 def dse_in_chunks(features: Callable[[int, int], torch.Tensor], num_images: int, chunk: int, **dse_kwargs) -> dict:
     """DSE components averaged over ``round(num_images / chunk)`` near-equal chunks of images.
 
     ``features(start, stop)`` returns the ``(stop - start, N, d)`` features of those images. The
     mean is weighted by chunk size; ``num_images`` is added to the result.
     """
-    parts = max(1, round(num_images / chunk))
-    bounds = torch.linspace(0, num_images, parts + 1).round().long().tolist()
-    totals = dict.fromkeys(COMPONENTS, 0.0)
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        out = dse(features(start, stop), **dse_kwargs).to_dict()
-        for name in COMPONENTS:
-            totals[name] += out[name] * (stop - start) / num_images
+    seed = dse_kwargs.pop("seed", 0)
+    totals = scores_in_chunks(lambda a, b: (features(a, b), None), num_images, chunk, [get_score("dse")], seed=seed,
+                              dse_options=dse_kwargs)
     return {**totals, "num_images": num_images}
+
+
+def _score_settings(scores: Sequence[Score], lidar_images: int, lidar_views: int) -> dict:
+    """The options of each score asked for (what a resume must match): the views' for LiDAR-like ones."""
+    return {s.name: ({"images": lidar_images, "views": lidar_views} if s.needs == "views" else {}) for s in scores}
 
 
 def _smallest_chunk(count: int, chunk: int) -> int:
@@ -214,6 +243,7 @@ class _Table:
         self.lock: TableLock | None = None
         self.rows: dict[str, dict] = {}   # file -> row, the table's rows that stay
         self.replaced = 0                 # rows dropped by rescore
+        self.recorded_scores: dict = {}   # the scores (and their options) the table's rows were asked for
 
     # -- opening: lock, read, check --------------------------------------------------------
     def open(self, settings: dict, pending: Sequence[str] = ()) -> None:
@@ -254,8 +284,16 @@ class _Table:
         recorded = table_settings(rows, self.out) if rows else None
         if recorded is None:
             return
-        diff = [d for d in settings_differences(recorded, _normalized(settings))
-                if d[0] not in skip and d[0] not in _INFORMATIVE]
+        current = _normalized(settings)
+        # Scores: the table may lack some (they are added) or hold others (kept); one asked for
+        # again must have the options it was scored with.
+        self.recorded_scores = recorded.get("scores", {"dse": {}})  # tables from before the registry: DSE
+        asked = current.pop("scores", {})
+        recorded = {k: v for k, v in recorded.items() if k != "scores"}
+        diff = [d for d in settings_differences(recorded, current) if d[0] not in skip and d[0] not in _INFORMATIVE]
+        for name, options in asked.items():
+            if name in self.recorded_scores and self.recorded_scores[name] != options:
+                diff += settings_differences(self.recorded_scores[name], options, f"scores.{name}.")
         if diff:
             raise SettingsMismatchError(
                 f"{self.out} was scored with other settings: {_describe(diff)}. Write to a new --out, or pass "
@@ -266,10 +304,12 @@ class _Table:
             raise ValueError(f"{self.out}: row(s) without a file identity ({missing[0]}, ...); pass --rescore")
 
     def check(self, settings: dict, pending: Sequence[str] = ()) -> None:
-        """Checks ``settings`` against the table's rows, but the ``pending`` ones (not known yet)."""
-        self.settings = _normalized(settings)
+        """Checks ``settings`` against the table's rows, but the ``pending`` ones (not known yet).
+        The table's settings become these, with the scores of the table and of this run."""
         if self.out is not None and not self.rescore and self.rows:
             self._check(list(self.rows.values()), settings, pending)
+        self.settings = _normalized(settings)
+        self.settings["scores"] = {**self.recorded_scores, **self.settings.get("scores", {})}
 
     def _consolidate(self) -> None:
         """Folds part files an interrupted distributed run left into the table (rank 0; all wait)."""
@@ -287,9 +327,12 @@ class _Table:
             self.lock = None
 
     # -- planning and writing ---------------------------------------------------------------
-    def plan(self, names: Sequence[str]) -> tuple[list[_FileId], list[str], list[str]]:
-        """``(to score, already done, changed since scored)``; one entry per distinct file."""
-        todo, skipped, changed, seen = [], [], [], set()
+    def plan(self, names: Sequence[str], scores: Sequence[Score]) -> tuple[list[tuple], list[str], list[str],
+                                                                             list[str]]:
+        """``(to score, already done, changed since scored, extended)``, one entry per distinct
+        file; ``to score`` holds ``(file id, the scores to compute, the row they extend or None)``:
+        a row in the table lacking some of ``scores`` gets only those."""
+        todo, skipped, changed, extended, seen = [], [], [], [], set()
         for name in names:
             fid = _file_id(name, self.base)
             if fid.file in seen:
@@ -297,35 +340,47 @@ class _Table:
             seen.add(fid.file)
             row = self.rows.get(fid.file)
             if row is None:
-                todo.append(fid)
+                todo.append((fid, list(scores), None))
             elif (row.get("file_size"), row.get("file_mtime_ns")) == (fid.size, fid.mtime_ns):
-                skipped.append(name)
+                lacking = [s for s in scores if any(row.get(c) is None for c in s.columns)]
+                if lacking:
+                    extended.append(name)
+                    todo.append((fid, lacking, row))
+                else:
+                    skipped.append(name)
             else:
                 changed.append(name)
-                todo.append(fid)
-        return todo, skipped, changed
+                todo.append((fid, list(scores), None))  # a new row: the old one's values are stale
+        return todo, skipped, changed, extended
 
-    def row(self, fid: _FileId, values: dict, seconds: float) -> dict:
+    def row(self, fid: _FileId, values: dict, seconds: float, base: dict | None = None) -> dict:
+        if base is not None:  # more scores for a row of the table
+            return {**base, **values, "seconds": round((base.get("seconds") or 0.0) + seconds, 3)}
         epoch, step = parse_epoch_step(fid.name)
         return {"checkpoint": fid.name, "epoch": epoch, "step": step, **values, "seconds": round(seconds, 3),
                 "file": fid.file, "file_size": fid.size, "file_mtime_ns": fid.mtime_ns, "settings": self.settings}
+
+    def _with_settings(self, rows: list[dict]) -> list[dict]:
+        """Every row with the table's settings (its scores: the union of the runs')."""
+        return [{**row, "settings": self.settings} for row in rows]
 
     def write(self, new_rows: list[dict]) -> None:
         """After every checkpoint: an interruption loses nothing finished."""
         if self.out is None:
             return
         if distributed.world_size() > 1:
-            write_results(_part_path(self.out, distributed.rank()), training_order(new_rows))
+            write_results(_part_path(self.out, distributed.rank()), training_order(self._with_settings(new_rows)))
         else:
             merged = dict(self.rows)
             merged.update({r["file"]: r for r in new_rows})
-            write_results(self.out, training_order(list(merged.values())))
+            write_results(self.out, training_order(self._with_settings(list(merged.values()))))
 
     def finish(self, new_rows_of_all_ranks: list[dict]) -> list[dict]:
         """The whole table in training order; rank 0 writes it (merging the ranks' parts)."""
         rows = dict(self.rows)
         rows.update({r["file"]: r for r in new_rows_of_all_ranks})
-        ordered = training_order(list(rows.values()))
+        ordered = training_order(self._with_settings(list(rows.values())) if hasattr(self, "settings")
+                                 else list(rows.values()))
         if self.out is None:
             return ordered
         if distributed.world_size() > 1:
@@ -347,13 +402,14 @@ def _note(message: str, bar) -> None:
         print(message, file=sys.stderr)
 
 
-def _run(table: _Table, names: Sequence[str], score_one: Callable[[str], dict], *, progress: bool,
-         desc: str) -> ScoreReport:
-    """Scores ``names`` (this rank's share of those not yet in the table) and writes the table."""
+def _run(table: _Table, names: Sequence[str], scores: Sequence[Score], score_one: Callable[[str, list], dict], *,
+         progress: bool, desc: str) -> ScoreReport:
+    """Scores ``names`` (this rank's share of those not yet in the table, or lacking some of
+    ``scores``) and writes the table."""
     rank, world = distributed.rank(), distributed.world_size()
-    todo, skipped, changed = table.plan(names)
+    todo, skipped, changed, extended = table.plan(names, scores)
     mine = todo[rank::world]
-    report = ScoreReport(rows=[], skipped=skipped, changed=changed)
+    report = ScoreReport(rows=[], skipped=skipped, changed=changed, extended=extended)
     new_rows: list[dict] = []
     bar = None
     if progress and rank == 0:
@@ -365,18 +421,21 @@ def _run(table: _Table, names: Sequence[str], score_one: Callable[[str], dict], 
             _note(f"--rescore: the {table.replaced} row(s) of {table.out} are replaced", bar)
         if skipped:
             _note(f"{len(skipped)} checkpoint(s) already in {table.out}: not scored again", bar)
+        if extended:
+            _note(f"{len(extended)} checkpoint(s) in {table.out} lack some of the scores asked for: only those are "
+                  "computed", bar)
         for name in changed:
             _note(f"{name} changed since it was scored (size or modification time): scoring it again", bar)
-    for fid in mine:
+    for fid, wanted, base in mine:
         start = time.perf_counter()
         try:
-            values = score_one(fid.name)
+            values = score_one(fid.name, wanted)
         except Exception as e:  # unreadable, not fitting, bad features: report and go on
             reason = f"{type(e).__name__}: {e}"
             report.failures.append((fid.name, reason))
             _note(f"skipped {fid.name}: {reason}", bar)
         else:
-            new_rows.append(table.row(fid, values, time.perf_counter() - start))
+            new_rows.append(table.row(fid, values, time.perf_counter() - start, base))
             report.scored.append(fid.name)
             table.write(new_rows)
         if bar is not None:
@@ -478,6 +537,7 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
                       dtype: torch.dtype | str = torch.float32, seed: int = 0, layer: int | str | None = None,
                       key: str | None = None, prefix: str | None = None, rename=None, image_size: int | None = None,
                       unsafe_load: bool = False, model_kwargs: dict | None = None, rescore: bool = False,
+                      scores=None, lidar_images: int = LIDAR_IMAGES, lidar_views: int = LIDAR_VIEWS,
                       progress: bool = True, **dse_kwargs) -> ScoreReport:
     """Scores each checkpoint of one training run on the same seeded images.
 
@@ -504,6 +564,12 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
             fixed-size ViT, else the model's default configuration, else 224.
         rescore: score every checkpoint again and replace the table's rows, whatever settings
             they were scored with.
+        scores: the scores to compute (:mod:`dse_ext.scores`), e.g. ``["dse", "rankme", "lidar"]``
+            or ``"dse,rankme"``; default ``["dse"]``. All come from one model forward per image
+            (LiDAR adds one per view); a table lacking some of them gets only those.
+        lidar_images, lidar_views: the views of ``needs="views"`` scores (LiDAR): ``lidar_views``
+            augmented views (:func:`dse_ext.augment.random_views`, seeded) of each of the first
+            ``lidar_images`` images of the subset (fewer when the subset is smaller).
         **dse_kwargs: options of :func:`dse_ext.dse` (``local_clusters``, ``global_clusters``, ...).
 
     Returns:
@@ -514,6 +580,8 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
     :class:`SettingsMismatchError` when ``out`` holds rows scored with other settings;
     :class:`TableInUseError` when another process is writing ``out``.
     """
+    from ._rng import derive_seed
+    from .augment import random_views
     from .checkpoints import load_weights, parse_rename, rename_rules_setting
     from .features import FeatureExtractor
     from .images import load_image_subset, normalize
@@ -531,6 +599,9 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
     seed = check_seed(seed)
     options = dse_options(**dse_kwargs)
     rules = parse_rename(rename)
+    chosen = parse_scores(scores)
+    _check_int(lidar_images, "lidar_images", 2)
+    _check_int(lidar_views, "lidar_views", 2)
     if not isinstance(model, (str, torch.nn.Module)):
         raise TypeError(f"model must be a timm model name or an nn.Module, got {type(model).__name__}")
     from_folder = isinstance(images, (str, os.PathLike))
@@ -545,7 +616,7 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
                 "model_kwargs": model_kwargs or {}, "layer": layer, "checkpoint_key": key, "strip_prefix": prefix,
                 "rename_keys": rename_rules_setting(rules), "dtype": str(dtype).replace("torch.", ""),
                 "num_images": num_images, "seed": seed,
-                "dse_batch": dse_batch, "dse": options,
+                "dse_batch": dse_batch, "dse": options, "scores": _score_settings(chosen, lidar_images, lidar_views),
                 "images": str(Path(images).resolve()) if from_folder else "tensor"}
 
     # 2. The table: locked, its settings checked as far as known now.
@@ -560,9 +631,12 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
         table.check(settings, pending=("images_digest",))
         extract = FeatureExtractor(net, layer)
 
-        def run(batch: torch.Tensor) -> torch.Tensor:
+        def run(batch: torch.Tensor, embeddings: bool = False):
             batch = normalize(batch) if batch.dtype == torch.uint8 else batch.float()
             with torch.inference_mode(), _autocast(device, dtype):
+                if embeddings:
+                    tokens, pooled = extract.with_embeddings(batch.to(device))
+                    return tokens.float(), pooled.float()
                 return extract(batch.to(device)).float()
 
         probe = torch.zeros(2, 3, size, size, dtype=torch.uint8) if from_folder else images[:2]
@@ -570,7 +644,10 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
             tokens = run(probe).shape[1]
         except Exception as e:
             raise ValueError(f"the model cannot run on {tuple(probe.shape[1:])} images: {type(e).__name__}: {e}") from e
-        _check_dse_fits(num_images if from_folder else min(num_images, images.shape[0]), tokens, dse_batch, options)
+        with_dse = any(s.name == "dse" for s in chosen)
+        if with_dse:
+            _check_dse_fits(num_images if from_folder else min(num_images, images.shape[0]), tokens, dse_batch,
+                            options)
 
         # 4. The images, and the full settings check.
         if from_folder:
@@ -579,18 +656,42 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
         else:
             pixels = images[:num_images]
         count = pixels.shape[0]
-        _check_dse_fits(count, tokens, dse_batch, options)
+        if with_dse:
+            _check_dse_fits(count, tokens, dse_batch, options)
         settings["images_digest"] = _digest(pixels)
         table.check(settings)
 
-        def features(start: int, stop: int) -> torch.Tensor:
-            return torch.cat([run(pixels[i:min(stop, i + batch_size)]) for i in range(start, stop, batch_size)])
+        views = None
+        if any(s.needs == "views" for s in chosen):  # the same augmented pixels for every checkpoint
+            views = random_views(pixels[:min(lidar_images, count)], lidar_views,
+                                 torch.Generator().manual_seed(derive_seed(seed, "lidar")))
 
-        def score_one(path: str) -> dict:
+        def batches(images_: torch.Tensor, embeddings: bool):
+            return [run(images_[i:i + batch_size], embeddings) for i in range(0, images_.shape[0], batch_size)]
+
+        def score_one(path: str, wanted: list[Score]) -> dict:
             load_weights(net, path, key=key, prefix=prefix, rename=rules, unsafe=unsafe_load)
-            return dse_in_chunks(features, count, dse_batch, seed=seed, **options)
+            values: dict = {}
+            per_chunk = [s for s in wanted if s.needs == "tokens"]
+            if per_chunk:
+                embeddings = any(s.embeddings for s in per_chunk)
 
-        return _run(table, names, score_one, progress=progress, desc="checkpoints")
+                def features(start: int, stop: int):
+                    parts = batches(pixels[start:stop], embeddings)
+                    if not embeddings:
+                        return torch.cat(parts), None
+                    return torch.cat([t for t, _ in parts]), torch.cat([e for _, e in parts])
+
+                values.update(scores_in_chunks(features, count, dse_batch, per_chunk, seed=seed, dse_options=options))
+            per_view = [s for s in wanted if s.needs == "views"]
+            if per_view:
+                m, v = views.shape[:2]
+                pooled = torch.cat([e for _, e in batches(views.flatten(0, 1), True)]).reshape(m, v, -1)
+                for score in per_view:
+                    values.update(score(ViewBatch(pooled, seed)))
+            return {**values, "num_images": count}
+
+        return _run(table, names, chosen, score_one, progress=progress, desc="checkpoints")
     finally:
         table.close()
 
@@ -615,26 +716,37 @@ def _read_features(path: str) -> torch.Tensor:
 
 
 def score_features(files: Iterable[str | os.PathLike], *, out=None, dse_batch: int = 1024, seed: int = 0,
-                   rescore: bool = False, progress: bool = True, **dse_kwargs) -> ScoreReport:
+                   rescore: bool = False, scores=None, progress: bool = True, **dse_kwargs) -> ScoreReport:
     """Scores ``.pt`` files of saved features, one row per file (a checkpoint's features).
 
     Each file holds a ``(B, N, d)`` tensor or a dict with key ``"features"``. Same table,
     locking, settings, resumption, sharding and error handling as :func:`score_checkpoints`.
+    ``scores`` as there, but for scores of augmented views (LiDAR), which need a model; the image
+    embeddings of scores that use them are the means of the patch tokens.
     """
     _check_int(dse_batch, "dse_batch", 2)
     seed = check_seed(seed)
     options = dse_options(**dse_kwargs)
+    chosen = parse_scores(scores)
+    needs_views = [s.name for s in chosen if s.needs == "views"]
+    if needs_views:
+        raise ValueError(f"score(s) {needs_views} need augmented views of the images, so a model and images: "
+                         "score checkpoints (--checkpoints) instead of saved features")
     names = expand_paths(files)
-    settings = {"source": "features", "seed": seed, "dse_batch": dse_batch, "dse": options}
+    settings = {"source": "features", "seed": seed, "dse_batch": dse_batch, "dse": options,
+                "scores": _score_settings(chosen, LIDAR_IMAGES, LIDAR_VIEWS)}
     table = _Table(_check_out(out), rescore)
     table.open(settings)
     try:
         table.check(settings)
 
-        def score_one(path: str) -> dict:
+        def score_one(path: str, wanted: list[Score]) -> dict:
             x = _read_features(path)
-            return dse_in_chunks(lambda a, b: x[a:b], x.shape[0], dse_batch, seed=seed, **options)
+            embeddings = any(s.embeddings for s in wanted)
+            values = scores_in_chunks(lambda a, b: (x[a:b], x[a:b].mean(dim=1) if embeddings else None), x.shape[0],
+                                      dse_batch, wanted, seed=seed, dse_options=options)
+            return {**values, "num_images": x.shape[0]}
 
-        return _run(table, names, score_one, progress=progress, desc="feature files")
+        return _run(table, names, chosen, score_one, progress=progress, desc="feature files")
     finally:
         table.close()
