@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--top", type=_int_at_least(1), default=3, help="checkpoints to keep (default 3)")
     sel.add_argument("--window", type=_int_at_least(0), default=2, help="local-maximum half window (default 2)")
     sel.add_argument("--lam", type=float, help="use this λ instead of std(M_inter - M_intra) / std(M_dim)")
+    sel.add_argument("--by", metavar="SCORE", help="select by this score or column instead of DSE_λ (rankme, "
+                                                  "lidar, dse, ...; α-ReQ by -|α - 1|)")
     sel.add_argument("--json", metavar="PATH", help="also write the selection as JSON ('-': stdout only JSON)")
 
     dm = sub.add_parser("demo", help="the end-to-end demo: synthetic data, SSL runs, scores vs. mIoU, report",
@@ -216,7 +218,7 @@ def _score(args: argparse.Namespace) -> int:
 def _select(args: argparse.Namespace) -> int:
     from .selection import select_checkpoints
 
-    selection = select_checkpoints(args.results, top=args.top, window=args.window, lam=args.lam)
+    selection = select_checkpoints(args.results, top=args.top, window=args.window, lam=args.lam, by=args.by)
     if args.json == "-":
         print(json.dumps(selection.to_dict(), indent=2))
         return 0

@@ -10,6 +10,10 @@ training run::
 training order, each over a window of ``window`` checkpoints on either side (truncated at the
 ends of the run); the ``top`` candidates by value are selected, best first, ties going to the
 earlier checkpoint.
+
+``by=`` selects by another score of the table the same way (``"rankme"``, ``"lidar"``, the official
+``"dse"``, ...): by its quality (:attr:`dse_ext.scores.Score.value`: the value, or ``-|α - 1|`` for
+α-ReQ), or by any numeric column (higher = better).
 """
 
 from __future__ import annotations
@@ -176,6 +180,7 @@ class Selection:
     window: int
     top: int
     excluded: list[str] = dataclasses.field(default_factory=list)
+    by: str = "dse_lambda"  # what was maximised: DSE_λ, or another score (then lam is NaN)
 
     @property
     def best(self) -> dict:
@@ -191,8 +196,12 @@ class Selection:
             entry.update({key: _json_number(row.get(key)) for key in _TABLE_FIELDS})
             entry["checkpoint"] = str(row.get("checkpoint"))
             selected.append(entry)
+        for entry, index in zip(selected, self.selected):
+            if self.by != "dse_lambda":
+                entry["by_value"] = _json_number(self.rows[index].get("by_value"))
         return {
-            "lam": float(self.lam),
+            "by": self.by,
+            "lam": _json_number(self.lam),
             "window": self.window,
             "top": self.top,
             "selected": selected,
@@ -202,8 +211,13 @@ class Selection:
 
     def format_table(self) -> str:
         """The selected checkpoints as an aligned plain-text table, under a line stating λ."""
-        header = ("rank", "checkpoint", "epoch", "step", "DSE_λ", "DSE", "M_inter", "M_intra", "M_dim")
-        lines = [[str(rank)] + [_cell(self.rows[i].get(key)) for key in _TABLE_FIELDS]
+        if self.by == "dse_lambda":
+            header = ("rank", "checkpoint", "epoch", "step", "DSE_λ", "DSE", "M_inter", "M_intra", "M_dim")
+            fields = _TABLE_FIELDS
+        else:
+            header = ("rank", "checkpoint", "epoch", "step", f"{self.by} (quality)", self.by)
+            fields = ("checkpoint", "epoch", "step", "by_value", self.by)
+        lines = [[str(rank)] + [_cell(self.rows[i].get(key)) for key in fields]
                  for rank, i in enumerate(self.selected, start=1)]
         widths = [max(len(text) for text in column) for column in zip(header, *lines)]
 
@@ -212,8 +226,10 @@ class Selection:
             parts = [c.ljust(w) if k == 1 else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths))]
             return "  ".join(parts).rstrip()
 
+        what = (f"λ = {self.lam:.6g} (DSE_λ = M_inter − M_intra + λ·M_dim)" if self.by == "dse_lambda"
+                else f"by {self.by}")
         title = (
-            f"λ = {self.lam:.6g} (DSE_λ = M_inter − M_intra + λ·M_dim); top {len(self.selected)} of "
+            f"{what}; top {len(self.selected)} of "
             f"{len(self.candidates)} local maxima (window {self.window}) over {len(self.rows)} checkpoints"
         )
         notes = []
@@ -233,22 +249,35 @@ def _finite_component(row: Mapping, key: str) -> bool:
         return False
 
 
-def _usable_rows(rows: list[dict]) -> list[dict]:
-    """The rows whose ``m_inter``, ``m_intra`` and ``m_dim`` are all finite; warns naming the others."""
+def _usable_rows(rows: list[dict], needed: Sequence[str] = _NEEDED) -> list[dict]:
+    """The rows whose ``needed`` columns are all finite; warns naming the others."""
     kept, dropped = [], []
     for position, row in enumerate(rows):
-        if all(_finite_component(row, key) for key in _NEEDED):
+        if all(_finite_component(row, key) for key in needed):
             kept.append(row)
         else:
             dropped.append(str(row.get("checkpoint", f"row {position}")))
     if dropped:
         warnings.warn(
-            f"dropping {len(dropped)} checkpoint(s) with a missing or non-finite m_inter, m_intra "
-            f"or m_dim: {', '.join(dropped)}",
+            f"dropping {len(dropped)} checkpoint(s) with a missing or non-finite {' or '.join(needed)}: "
+            f"{', '.join(dropped)}",
             UserWarning,
             stacklevel=3,
         )
     return kept
+
+
+def selection_quality(by: str) -> tuple[tuple[str, ...], Any]:
+    """``(columns needed, row -> quality)`` for selecting by ``by``: a registered score (its
+    :meth:`~dse_ext.scores.Score.value`) or a numeric column (its value)."""
+    from .scores import _REGISTRY
+
+    if not isinstance(by, str) or not by:
+        raise ValueError(f"by must name a score or a column, got {by!r}")
+    score = _REGISTRY.get(by)
+    if score is not None:
+        return score.columns[:1], score.value
+    return (by,), lambda row: float(row[by])
 
 
 def select_checkpoints(
@@ -257,6 +286,7 @@ def select_checkpoints(
     top: int = 3,
     window: int = 2,
     lam: float | None = None,
+    by: str | None = None,
 ) -> Selection:
     """Selects checkpoints of one training run by the local maxima of DSE_λ.
 
@@ -273,6 +303,10 @@ def select_checkpoints(
     :func:`paper_lambda` over those rows (which needs at least two, with ``M_dim`` not constant).
     Candidates are :func:`local_maxima` of DSE_λ with ``window`` neighbours on each side; the
     ``top`` (≥ 1) best, ties to the earlier checkpoint, are ``selected``.
+
+    ``by`` (default ``"dse_lambda"``) selects by another score instead (see the module docs);
+    rows lacking it are dropped with a ``UserWarning``, and a table without that column at all is
+    refused naming the columns it has.
     """
     top = _check_count(top, "top", 1)
     window = _check_count(window, "window", 0)
@@ -282,7 +316,18 @@ def select_checkpoints(
         rows = [dict(row) for row in results]
     given = len(rows)
     _check_one_run(rows)
-    numbered, unnumbered = split_training_order(_usable_rows(rows))
+    by = "dse_lambda" if by is None else by
+    if by == "dse_lambda":
+        needed, quality = _NEEDED, None
+    else:
+        if lam is not None:
+            raise ValueError(f"lam weighs M_dim in DSE_λ; it has no meaning when selecting by {by!r}")
+        needed, quality = selection_quality(by)
+        if rows and all(needed[0] not in row for row in rows):
+            columns = sorted({k for row in rows for k, v in row.items() if isinstance(v, float)})
+            raise ValueError(f"the table has no column {needed[0]!r} to select by; its score columns: {columns} "
+                             "(add a score with dse score --scores)")
+    numbered, unnumbered = split_training_order(_usable_rows(rows, needed))
     excluded: list[str] = []
     if numbered and unnumbered:
         excluded = [str(row.get("checkpoint")) for row in unnumbered]
@@ -299,8 +344,15 @@ def select_checkpoints(
         rows = numbered
     if not rows:
         raise ValueError(
-            f"no checkpoint to select from: {given} row(s) given, none with finite m_inter, m_intra and m_dim"
+            f"no checkpoint to select from: {given} row(s) given, none with finite {' and '.join(needed)}"
         )
+    if quality is not None:
+        values = _as_vector([quality(row) for row in rows], by)
+        rows = [{**row, "by_value": float(v)} for row, v in zip(rows, values)]
+        candidates = local_maxima(values, window)
+        selected = sorted(candidates, key=lambda i: (-values[i], i))[:top]
+        return Selection(lam=float("nan"), rows=rows, candidates=candidates, selected=selected, window=window,
+                         top=top, excluded=excluded, by=by)
     if lam is None:
         if len(rows) < 2:
             raise ValueError(

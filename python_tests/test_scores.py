@@ -168,3 +168,42 @@ def test_cli_scores_and_an_imported_score_module(tmp_path, image_dir, run_dir, r
     assert cli.main(argv + ["--scores", "nope"]) == 2
     assert "unknown score 'nope'" in capsys.readouterr().err
     assert cli.main(argv + ["--import", "no_such_module_here"]) == 2
+
+
+# ---------------------------------------------------------------- dse select --by
+def _rows(**columns):
+    n = len(next(iter(columns.values())))
+    return [{"checkpoint": f"ckpt_ep{i}.pth", "epoch": i, "m_inter": 1.0, "m_intra": 0.5, "m_dim": 0.1 + 0.01 * i,
+             **{k: v[i] for k, v in columns.items()}} for i in range(n)]
+
+
+def test_select_by_another_score():
+    from dse_ext.selection import select_checkpoints
+
+    rows = _rows(rankme=[1.0, 5.0, 2.0, 3.0, 9.0, 1.0], alpha_req=[3.0, 1.1, 2.0, 0.95, 4.0, 2.0])
+    by_rankme = select_checkpoints(rows, by="rankme", top=2, window=1)
+    assert [by_rankme.rows[i]["epoch"] for i in by_rankme.selected] == [4, 1]
+    assert by_rankme.by == "rankme" and by_rankme.to_dict()["selected"][0]["by_value"] == 9.0
+    assert "by rankme" in by_rankme.format_table()
+    by_alpha = select_checkpoints(rows, by="alpha_req", top=1, window=1)  # nearest 1: 0.95 at epoch 3
+    assert by_alpha.best["epoch"] == 3 and by_alpha.best["by_value"] == pytest.approx(-0.05)
+    with pytest.raises(ValueError, match="no column 'lidar' to select by"):
+        select_checkpoints(rows, by="lidar")
+    with pytest.raises(ValueError, match="no meaning when selecting by 'rankme'"):
+        select_checkpoints(rows, by="rankme", lam=1.0)
+    rows[2]["rankme"] = None
+    with pytest.warns(UserWarning, match="missing or non-finite rankme: ckpt_ep2.pth"):
+        assert len(select_checkpoints(rows, by="rankme").rows) == 5
+
+
+def test_cli_select_by(tmp_path, capsys):
+    from dse_ext.results import write_results
+
+    path = tmp_path / "r.csv"
+    rows = _rows(rankme=[1.0, 5.0, 2.0, 3.0, 9.0, 1.0])
+    for row in rows:
+        row.update(dse=0.0, m_intra_image=0.5, m_intra_batch=0.5, avg_l2=1.0)
+    write_results(path, rows)
+    assert cli.main(["select", str(path), "--by", "rankme", "--top", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "by rankme" in out and "ckpt_ep4.pth" in out
