@@ -6,6 +6,7 @@
     dse select results.csv [--top 3 --window 2 --json selection.json]
     dse plot results.csv -o dse.png
     dse demo [--quick] [--out DIR]
+    dse compare results.csv --truth miou.csv [--json out.json --csv out.csv --plot out.png]
     dse env [--json]              # versions, build and devices, for bug reports
 
 Exit status: 0 on success, 1 when some checkpoints could not be scored (the others are in the
@@ -140,6 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--no-progress", action="store_true")
 
+    cm = sub.add_parser("compare", help="Kendall τ / Spearman ρ of every score with your downstream metric, and "
+                                        "what each score selects (the evaluation protocol)",
+                        description="Compares every score of a results table with a downstream metric per "
+                                    "checkpoint (TRUTH.csv: a 'checkpoint' or 'epoch' column and the metric): "
+                                    "Kendall τ-b and Spearman ρ with bootstrap 95%% intervals, the checkpoint each "
+                                    "score selects (top local maximum; DSE by DSE_λ) and its metric against the last "
+                                    "and the best checkpoint; per run and averaged over runs.")
+    cm.add_argument("results", help="results CSV written by `dse score` (several runs: a run column)")
+    cm.add_argument("--truth", required=True, help="CSV of the downstream metric per checkpoint")
+    cm.add_argument("--truth-column", default="miou", help="the metric's column (higher = better; default miou)")
+    cm.add_argument("--run-column", default="run", help="column naming the run in either table (default run)")
+    cm.add_argument("--window", type=_int_at_least(0), default=2, help="local-maximum half window (default 2)")
+    cm.add_argument("--bootstrap", type=_int_at_least(0), default=1000, help="bootstrap resamples (default 1000)")
+    cm.add_argument("--seed", type=_int_at_least(0), default=0, help="seeds the bootstrap (default 0)")
+    cm.add_argument("--json", metavar="PATH", help="also write the comparison as JSON ('-': stdout only JSON)")
+    cm.add_argument("--csv", metavar="PATH", help="also write one row per (run, score) as CSV")
+    cm.add_argument("--plot", metavar="PATH", help="also draw scores and metric over training (needs matplotlib)")
+
     en = sub.add_parser("env", help="versions, the compiled operators' build and the devices seen "
                                     "(paste it into bug reports)")
     en.add_argument("--json", action="store_true", help="as JSON")
@@ -236,6 +255,25 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare_scores, plot_comparison
+
+    comparison = compare_scores(args.results, args.truth, truth_column=args.truth_column, run_column=args.run_column,
+                                window=args.window, bootstrap=args.bootstrap, seed=args.seed)
+    text = json.dumps(comparison.to_dict(), indent=2)
+    if args.json == "-":
+        print(text)
+    else:
+        print(comparison.format_table())
+        if args.json:
+            Path(args.json).write_text(text + "\n")
+    if args.csv:
+        comparison.write_csv(args.csv)
+    if args.plot:
+        plot_comparison(comparison, args.plot)
+    return 0
+
+
 def _env(args: argparse.Namespace) -> int:
     from .environment import environment, format_environment
 
@@ -258,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     from .locking import TableInUseError
 
     args = build_parser().parse_args(argv)
-    handler = {"score": _score, "select": _select, "plot": _plot, "demo": _demo, "env": _env}[args.command]
+    handler = {"score": _score, "select": _select, "plot": _plot, "demo": _demo, "env": _env,
+               "compare": _compare}[args.command]
     try:
         return handler(args)
     except (ValueError, ImportError, OSError, TableInUseError) as e:  # the user's input or machine, not a bug

@@ -93,7 +93,14 @@ def _parse(column: str, text: str):
         if not isinstance(value, dict):
             raise ValueError("settings must be a JSON object")
         return value
-    return int(text) if column in _INT_COLUMNS else float(text)
+    if column in _INT_COLUMNS:
+        return int(text)
+    if column in COLUMNS:
+        return float(text)
+    try:  # another score's column: a number; a label column (a run's name) stays text
+        return float(text)
+    except ValueError:
+        return text
 
 
 def read_results(path: str | os.PathLike) -> list[dict]:
