@@ -1,11 +1,14 @@
 """Writes a small stand-in for a training run: DINO-style checkpoints of a small ViT and images.
 
-    python examples/toy_run.py toy        # toy/checkpoint0000.pth … toy/checkpoint0050.pth, toy/images/*.png
+    python examples/toy_run.py toy        # toy/checkpoint0000.pth … toy/checkpoint0050.pth, toy/images/*.png,
+                                          # toy/truth.csv
 
 The checkpoints are not trained: each epoch moves the weights of a randomly initialised
 ``vit_tiny_patch16_224`` (64 × 64 input, 16 patch tokens) a seeded step further, so the scores
-mean nothing about any real method. It exists to show ``dse score`` / ``dse select`` /
-``dse plot`` end to end on files you can make in seconds. Needs timm and Pillow
+mean nothing about any real method. ``truth.csv`` holds a made-up "downstream metric" per
+checkpoint (``miou``, a fixed rise-then-fall curve, not measured on anything), the shape of the
+table ``dse compare`` reads. It exists to show ``dse score`` / ``dse select`` / ``dse plot`` /
+``dse compare`` end to end on files you can make in seconds. Needs timm and Pillow
 (``pip install 'dse_ext[models]'``).
 """
 
@@ -49,12 +52,23 @@ def write_checkpoints(folder: Path, epochs: list[int], generator: torch.Generato
                     "epoch": epoch}, folder / f"checkpoint{epoch:04d}.pth")
 
 
+def write_truth(path: Path, epochs: list[int]) -> None:
+    """A made-up metric per checkpoint (peaks at 60 % of the run, then degrades): a stand-in only."""
+    peak = 0.6 * epochs[-1]
+    with open(path, "w") as f:
+        f.write("checkpoint,miou\n")
+        for epoch in epochs:
+            f.write(f"checkpoint{epoch:04d}.pth,{0.5 - 0.2 * ((epoch - peak) / max(1, epochs[-1])) ** 2:.4f}\n")
+
+
 def main(out: str | Path = "toy", *, images: int = 64, epochs: int = 6, seed: int = 0) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
     write_images(out / "images", images, generator)
-    write_checkpoints(out, [10 * e for e in range(epochs)], generator)
+    numbers = [10 * e for e in range(epochs)]
+    write_checkpoints(out, numbers, generator)
+    write_truth(out / "truth.csv", numbers)
     return out
 
 

@@ -61,3 +61,13 @@ def test_readme_scoring_commands_run_as_written(tmp_path):
         os.chdir(cwd)
     assert namespace["selection"].best["checkpoint"].startswith("toy/checkpoint")
     assert namespace["report"].skipped  # the table existed: nothing scored twice
+
+    # Other scores added to the same table, selection by one of them, and the comparison.
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block("readme-commands: scores")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "given only the scores they lacked" in done.stderr and "by rankme" in done.stdout
+    assert "Kendall" not in done.stdout and "dse_lambda" in done.stdout and "epoch" in done.stdout
+    header = (tmp_path / "toy" / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"rankme", "dense_rankme", "alpha_req", "lidar"} <= set(header)
+    assert (tmp_path / "toy" / "compare.json").exists() and (tmp_path / "toy" / "compare.csv").exists()
