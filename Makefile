@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 # A CUDA 13 build of torch: it runs on the CPU and lets the CUDA kernels compile and link.
 TORCH_SPEC ?= torch==2.14.1
 BUILD_DEPS := scikit-build-core pybind11 ninja "cmake>=3.26,<4"
-TEST_DEPS := pytest numpy timm scipy matplotlib lightning tensorboard
+TEST_DEPS := pytest numpy timm scipy matplotlib lightning tensorboard transformers
 CPP_BUILD := build/cpp
 
 .PHONY: all venv install demo demo-quick test test-python test-cpp test-oldest-torch bench bench-regularizer clean

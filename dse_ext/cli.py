@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoints", nargs="+", metavar="PATH_OR_GLOB", help="checkpoint files or glob patterns")
     src.add_argument("--features", nargs="+", metavar="PATH_OR_GLOB",
                      help="score .pt files of (B, N, d) features instead of a model")
-    s.add_argument("--model", help="timm model name, e.g. vit_small_patch16_224 (with --checkpoints)")
+    s.add_argument("--model", help="timm model name, e.g. vit_small_patch16_224, or hf:PATH, a transformers "
+                                   "save_pretrained directory (DINOv2, ViT-MAE, I-JEPA, ...) (with --checkpoints)")
     s.add_argument("--model-kwargs", type=_json_object, default={}, metavar="JSON",
                    help='extra timm.create_model arguments, e.g. \'{"img_size": 96}\'')
     s.add_argument("--images", help="folder of images (searched recursively; with --checkpoints)")

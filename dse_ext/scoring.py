@@ -481,6 +481,10 @@ def _check_device(device: str | torch.device) -> torch.device:
 
 
 def _create_model(name: str, model_kwargs: dict | None):
+    from .hf import HF_PREFIX, load_hf_model
+
+    if name.startswith(HF_PREFIX):
+        return load_hf_model(name[len(HF_PREFIX):], model_kwargs)
     try:
         import timm
     except ImportError:
@@ -544,7 +548,9 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
     Args:
         checkpoints: files or glob patterns (see :func:`expand_paths`).
         model: a timm model name (created with ``pretrained=False, num_classes=0`` and
-            ``model_kwargs``) or an ``nn.Module`` whose weights each checkpoint replaces.
+            ``model_kwargs``), ``"hf:PATH"`` (a transformers ``save_pretrained`` directory,
+            :mod:`dse_ext.hf`; ``model_kwargs`` then override its configuration) or an
+            ``nn.Module`` whose weights each checkpoint replaces.
         images: a folder of images (a seeded subset of ``num_images`` is read once, see
             :func:`dse_ext.images.load_image_subset`) or a tensor ``(n, 3, H, W)`` (uint8 0–255,
             or float already normalized).
@@ -610,6 +616,9 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
             raise FileNotFoundError(f"{images}: not a directory of images")
     elif not (isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[1] == 3):
         raise TypeError("images must be a folder of images or an (n, 3, H, W) tensor")
+    if isinstance(model, str) and model.startswith("hf:") and (key or prefix or rules or unsafe_load):
+        raise ValueError("--checkpoint-key, --strip-prefix, --rename-keys and --unsafe-load are for torch "
+                         "checkpoints: an hf: model loads save_pretrained directories by their own names")
     names = expand_paths(checkpoints)
     out_path = _check_out(out)
     settings = {"source": "checkpoints", "model": model if isinstance(model, str) else _module_identity(model),
@@ -670,7 +679,10 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
             return [run(images_[i:i + batch_size], embeddings) for i in range(0, images_.shape[0], batch_size)]
 
         def score_one(path: str, wanted: list[Score]) -> dict:
-            load_weights(net, path, key=key, prefix=prefix, rename=rules, unsafe=unsafe_load)
+            if hasattr(net, "dse_load_checkpoint"):  # a transformers model (dse_ext.hf)
+                net.dse_load_checkpoint(path)
+            else:
+                load_weights(net, path, key=key, prefix=prefix, rename=rules, unsafe=unsafe_load)
             values: dict = {}
             per_chunk = [s for s in wanted if s.needs == "tokens"]
             if per_chunk:
@@ -697,7 +709,10 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
 
 
 def _input_size(model) -> int:
-    """The square input size a timm model expects (fixed-size ViTs), else its default config's, else 224."""
+    """The square input size a timm model expects (fixed-size ViTs), else its default config's, else 224;
+    a transformers model's configured image size."""
+    if getattr(model, "dse_input_size", None):
+        return int(model.dse_input_size)
     size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if size is not None and not getattr(model.patch_embed, "dynamic_img_size", False):
         return int(size[0] if isinstance(size, (tuple, list)) else size)
