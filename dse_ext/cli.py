@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--top", type=_int_at_least(1), default=3)
     pl.add_argument("--window", type=_int_at_least(0), default=2)
     pl.add_argument("--lam", type=float)
+    pl.add_argument("--scores", metavar="NAMES", help="comma-separated other scores of the table to draw in a "
+                                                      "third panel (rankme,lidar,...)")
     return parser
 
 
@@ -251,7 +253,8 @@ def _select(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from .plotting import plot_results
 
-    path = plot_results(args.results, args.out, top=args.top, window=args.window, lam=args.lam)
+    scores = [name.strip() for name in args.scores.split(",") if name.strip()] if args.scores else None
+    path = plot_results(args.results, args.out, top=args.top, window=args.window, lam=args.lam, scores=scores)
     print(path)
     return 0
 

@@ -398,35 +398,34 @@ def compare_scores(results: str | os.PathLike | Iterable[Mapping], truth: str | 
 
 def plot_comparison(comparison: Comparison, path: str | os.PathLike, scores: Sequence[str] | None = None) -> Path:
     """Scores (standardised per run) and the truth over training, one panel per run, each score's
-    selection marked. Needs matplotlib (the ``plot`` extra)."""
-    try:
-        import matplotlib
+    selection marked. Needs matplotlib (the ``plot`` extra); drawn on its own Agg canvas."""
+    from .plotting import _import_matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install 'dse_ext[plot]'") from None
+    Figure, FigureCanvasAgg = _import_matplotlib()
     runs = comparison.runs
-    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 3.2 * len(runs)), squeeze=False)
+    figure = Figure(figsize=(8.0, 3.2 * len(runs)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(runs), 1, squeeze=False)
     for ax, run in zip(axes[:, 0], runs):
         x = [r.get("epoch") if r.get("epoch") is not None else i for i, r in enumerate(run.rows)]
-        shown = [s for s in (scores or run.scores) if s in run.scores and s != "epoch"]
         functions = _score_functions(run.rows)
-        for score in shown:
+        for score in [s for s in (scores or run.scores) if s in run.scores and s != "epoch"]:
             values = np.asarray([functions[score](r) for r in run.rows], dtype=np.float64)
-            spread = values.std() or 1.0
-            line, = ax.plot(x, (values - values.mean()) / spread, label=score, lw=1.2)
+            z = (values - values.mean()) / (values.std() or 1.0)
+            line, = ax.plot(x, z, label=score, lw=1.2)
             pick = next(i for i, r in enumerate(run.rows) if r["checkpoint"] == run.scores[score]["selected"])
-            ax.plot([x[pick]], [(values[pick] - values.mean()) / spread], "o", color=line.get_color())
+            ax.plot([x[pick]], [z[pick]], "o", color=line.get_color())
         truth = ax.twinx()
-        truth.plot(x, [r["truth"] for r in run.rows], "k--", lw=2, label=comparison.truth_column)
-        truth.set_ylabel(comparison.truth_column)
+        truth.plot(x, [r["truth"] for r in run.rows], "k--", lw=2)
+        truth.set_ylabel(f"{comparison.truth_column} (dashed)")
         ax.set_ylabel("score (standardised)")
         ax.set_title(f"run {run.name or '(one run)'}")
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize="x-small", loc="upper left")
     axes[-1, 0].set_xlabel("epoch")
-    fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        figure.savefig(path, format=None if path.suffix else "png", dpi=120)
+    finally:
+        figure.clear()
     return path

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
-from .selection import Selection, select_checkpoints
+from .selection import Selection, local_maxima, select_checkpoints, selection_quality
 
 __all__ = ["plot_results"]
 
@@ -55,6 +55,7 @@ def plot_results(
     top: int = 3,
     window: int = 2,
     lam: float | None = None,
+    scores: Sequence[str] | None = None,
 ) -> Path:
     """Plots a run's results table to ``path`` (format from its extension, PNG without one).
 
@@ -63,7 +64,10 @@ def plot_results(
     one DSE_λ, its local maxima, and the selected checkpoints marked with their ranks, λ in its
     title. ``selection`` defaults to ``select_checkpoints(results, top=top, window=window,
     lam=lam)``; when given, its rows are plotted and ``results``, ``top``, ``window``, ``lam``
-    are not used. Parent directories are created. Returns ``path`` as a :class:`~pathlib.Path`.
+    are not used. ``scores`` (e.g. ``["rankme", "lidar"]``) adds a third panel: each score's
+    quality (:mod:`dse_ext.scores`; standardised over the run, as their scales differ) with the
+    checkpoint it selects (its top local maximum) marked. Parent directories are created.
+    Returns ``path`` as a :class:`~pathlib.Path`.
     """
     Figure, FigureCanvasAgg = _import_matplotlib()
     if selection is None:
@@ -71,9 +75,18 @@ def plot_results(
     rows = selection.rows
     x, x_label = _x_axis(rows)
 
-    figure = Figure(figsize=(8.0, 6.5), layout="constrained")
+    others = []
+    for name in scores or ():
+        needed, quality = selection_quality(name)
+        values = [quality(row) if row.get(needed[0]) is not None else math.nan for row in rows]
+        if not any(math.isfinite(v) for v in values):
+            raise ValueError(f"the table has no values of {name!r} to plot (add it with dse score --scores {name})")
+        others.append((name, values))
+
+    figure = Figure(figsize=(8.0, 6.5 + 2.8 * bool(others)), layout="constrained")
     FigureCanvasAgg(figure)
-    components, scores = figure.subplots(2, 1, sharex=True)
+    panels = figure.subplots(2 + bool(others), 1, sharex=True)
+    components, scores_panel = panels[0], panels[1]
 
     for key, label in _COMPONENT_LINES:
         values = [_number(row.get(key)) for row in rows]
@@ -86,22 +99,38 @@ def plot_results(
     components.grid(alpha=0.3)
 
     dse_lam = [row["dse_lambda"] for row in rows]
-    scores.plot(x, dse_lam, "-", marker=".", color="tab:purple", label="DSE_λ")
+    scores_panel.plot(x, dse_lam, "-", marker=".", color="tab:purple", label="DSE_λ")
     if selection.candidates:
-        scores.plot([x[i] for i in selection.candidates], [dse_lam[i] for i in selection.candidates],
+        scores_panel.plot([x[i] for i in selection.candidates], [dse_lam[i] for i in selection.candidates],
                     "o", markerfacecolor="none", color="tab:gray", label=f"local maxima (window {selection.window})")
     if selection.selected:
-        scores.plot([x[i] for i in selection.selected], [dse_lam[i] for i in selection.selected],
+        scores_panel.plot([x[i] for i in selection.selected], [dse_lam[i] for i in selection.selected],
                     "*", markersize=14, color="tab:red", label="selected")
         for rank, i in enumerate(selection.selected, start=1):
-            scores.annotate(f"#{rank}", (x[i], dse_lam[i]), textcoords="offset points", xytext=(0, 9),
+            scores_panel.annotate(f"#{rank}", (x[i], dse_lam[i]), textcoords="offset points", xytext=(0, 9),
                             ha="center", fontsize="small", color="tab:red")
-    scores.set_title(f"DSE_λ = M_inter − M_intra + λ·M_dim, λ = {selection.lam:.4g}")
-    scores.set_xlabel(x_label)
-    scores.set_ylabel("DSE_λ")
-    scores.legend(loc="best", fontsize="small")
-    scores.grid(alpha=0.3)
-    scores.margins(y=0.15)
+    scores_panel.set_title(f"DSE_λ = M_inter − M_intra + λ·M_dim, λ = {selection.lam:.4g}")
+    scores_panel.set_ylabel("DSE_λ")
+    scores_panel.legend(loc="best", fontsize="small")
+    scores_panel.grid(alpha=0.3)
+    scores_panel.margins(y=0.15)
+    if others:
+        panel = panels[2]
+        for name, values in others:
+            finite = [v for v in values if math.isfinite(v)]
+            mean = sum(finite) / len(finite)
+            spread = (sum((v - mean) ** 2 for v in finite) / len(finite)) ** 0.5 or 1.0
+            z = [(v - mean) / spread for v in values]
+            line, = panel.plot(x, z, "-", marker=".", label=name)
+            kept = [i for i, v in enumerate(values) if math.isfinite(v)]
+            peaks = [kept[j] for j in local_maxima([values[i] for i in kept], selection.window)]
+            best = max(peaks, key=lambda i: (values[i], -i))
+            panel.plot([x[best]], [z[best]], "*", markersize=12, color=line.get_color())
+        panel.set_title("other scores (standardised quality; ★ the checkpoint each selects)")
+        panel.set_ylabel("z-score")
+        panel.legend(loc="best", fontsize="small")
+        panel.grid(alpha=0.3)
+    panels[-1].set_xlabel(x_label)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

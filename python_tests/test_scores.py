@@ -207,3 +207,17 @@ def test_cli_select_by(tmp_path, capsys):
     assert cli.main(["select", str(path), "--by", "rankme", "--top", "1"]) == 0
     out = capsys.readouterr().out
     assert "by rankme" in out and "ckpt_ep4.pth" in out
+
+
+def test_plot_with_other_scores(tmp_path):
+    pytest.importorskip("matplotlib")
+    from dse_ext.results import write_results
+
+    path = tmp_path / "r.csv"
+    rows = _rows(rankme=[1.0, 5.0, 2.0, 3.0, 9.0, 1.0], alpha_req=[3.0, 1.1, 2.0, 0.95, 4.0, 2.0])
+    for row in rows:
+        row.update(dse=0.0, m_intra_image=0.5, m_intra_batch=0.5, avg_l2=1.0)
+    write_results(path, rows)
+    assert cli.main(["plot", str(path), "-o", str(tmp_path / "p.png"), "--scores", "rankme,alpha_req"]) == 0
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["plot", str(path), "-o", str(tmp_path / "q.png"), "--scores", "lidar"]) == 2
