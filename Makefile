@@ -9,7 +9,7 @@ BUILD_DEPS := scikit-build-core pybind11 ninja "cmake>=3.26,<4"
 TEST_DEPS := pytest numpy timm scipy matplotlib lightning tensorboard transformers
 CPP_BUILD := build/cpp
 
-.PHONY: all venv install demo demo-quick test test-python test-cpp test-oldest-torch bench bench-regularizer clean
+.PHONY: all venv install demo demo-quick test test-python test-cpp test-oldest-torch bench bench-regularizer bench-scores clean
 
 all: install
 
@@ -81,6 +81,9 @@ demo-quick: install
 
 bench: install
 	$(VPY) bench/bench_dse.py --repeats 5
+
+bench-scores: install
+	$(VPY) bench/bench_scores.py
 
 bench-regularizer: install
 	$(VPY) -m pip install -q timm
