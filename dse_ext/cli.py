@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--window", type=_int_at_least(0), default=2, help="local-maximum half window (default 2)")
     cm.add_argument("--bootstrap", type=_int_at_least(0), default=1000, help="bootstrap resamples (default 1000)")
     cm.add_argument("--seed", type=_int_at_least(0), default=0, help="seeds the bootstrap (default 0)")
+    cm.add_argument("--extra", metavar="COLUMNS", help="comma-separated numeric columns of either table to compare "
+                                                       "as scores too (higher = better), e.g. neg_train_loss")
     cm.add_argument("--json", metavar="PATH", help="also write the comparison as JSON ('-': stdout only JSON)")
     cm.add_argument("--csv", metavar="PATH", help="also write one row per (run, score) as CSV")
     cm.add_argument("--plot", metavar="PATH", help="also draw scores and metric over training (needs matplotlib)")
@@ -263,7 +265,8 @@ def _compare(args: argparse.Namespace) -> int:
     from .compare import compare_scores, plot_comparison
 
     comparison = compare_scores(args.results, args.truth, truth_column=args.truth_column, run_column=args.run_column,
-                                window=args.window, bootstrap=args.bootstrap, seed=args.seed)
+                                window=args.window, bootstrap=args.bootstrap, seed=args.seed,
+                                extra_scores=[c.strip() for c in (args.extra or "").split(",") if c.strip()])
     text = json.dumps(comparison.to_dict(), indent=2)
     if args.json == "-":
         print(text)

@@ -7,6 +7,7 @@ run and averaged over runs:
 - **Kendall τ-b** and **Spearman ρ** of each score's quality (higher = predicted better, see
   :attr:`dse_ext.scores.Score.value`) with the truth over the run's checkpoints, each with a
   bootstrap 95 % interval (checkpoints resampled with replacement, ``bootstrap`` times, seeded);
+  a score missing (or not finite) at some checkpoints is compared over the others (at least 3);
 - the checkpoint each score **selects**: its top local maximum in training order (the paper's
   rule, :func:`dse_ext.selection.local_maxima` with ``window`` neighbours on each side; for DSE
   the λ form, DSE_λ), and the truth there against the last checkpoint (**gain**) and against the
@@ -140,7 +141,7 @@ def _epoch(value) -> int | None:
 
 
 def _attach_truth(rows: list[dict], results_dir: Path | None, truth: list[dict], truth_dir: Path | None,
-                  column: str, run_column: str) -> list[dict]:
+                  column: str, run_column: str, extra: Sequence[str] = ()) -> list[dict]:
     """The results rows that have a truth value, each with ``truth`` set; warns about the others."""
     def resolved(name: str, base: Path | None) -> str:
         p = Path(name)
@@ -170,7 +171,8 @@ def _attach_truth(rows: list[dict], results_dir: Path | None, truth: list[dict],
             unmatched.append(name)
             continue
         used.add(id(t))
-        matched.append({**row, "truth": float(t[column]),
+        carried = {k: float(t[k]) for k in extra if row.get(k) is None and t.get(k) not in (None, "")}
+        matched.append({**row, **carried, "truth": float(t[column]),
                         run_column: row.get(run_column) if row.get(run_column) not in (None, "") else t.get(run_column)})
     if unmatched:
         warnings.warn(f"no {column} for {len(unmatched)} checkpoint(s), left out: {', '.join(unmatched[:5])}"
@@ -183,7 +185,7 @@ def _attach_truth(rows: list[dict], results_dir: Path | None, truth: list[dict],
 
 
 # ---------------------------------------------------------------- the comparison
-def _score_functions(rows: list[dict]) -> dict[str, Any]:
+def _score_functions(rows: list[dict], extra: Sequence[str] = ()) -> dict[str, Any]:
     """name -> row -> quality, for what the rows allow (in the order of the report)."""
     from .scores import _REGISTRY
 
@@ -196,6 +198,9 @@ def _score_functions(rows: list[dict]) -> dict[str, Any]:
     if "dse_lambda" in out:
         out["separability"] = lambda row: row["m_inter"] - row["m_intra"]
         out["m_dim"] = lambda row: row["m_dim"]
+    for name in extra:
+        if any(row.get(name) is not None for row in rows):
+            out[name] = lambda row, name=name: float(row[name]) if row.get(name) is not None else float("nan")
     if all(row.get("epoch") is not None for row in rows):
         out["epoch"] = lambda row: float(row["epoch"])
     return out
@@ -303,7 +308,8 @@ def _aligned(table: list[tuple]) -> list[str]:
             .rstrip() for row in table]
 
 
-def _compare_run(name: str, rows: list[dict], window: int, draws: int, rng: np.random.Generator) -> RunComparison:
+def _compare_run(name: str, rows: list[dict], window: int, draws: int, rng: np.random.Generator,
+                 extra: Sequence[str] = ()) -> RunComparison:
     try:
         lam = paper_lambda([r["m_inter"] for r in rows], [r["m_intra"] for r in rows], [r["m_dim"] for r in rows])
     except (KeyError, TypeError, ValueError):
@@ -313,18 +319,20 @@ def _compare_run(name: str, rows: list[dict], window: int, draws: int, rng: np.r
     result = RunComparison(name, rows, lam)
     truth = np.asarray([r["truth"] for r in rows])
     last, best = rows[-1]["truth"], float(truth.max())
-    for score, quality in _score_functions(rows).items():
+    for score, quality in _score_functions(rows, extra).items():
         if score == "dse_lambda" and not math.isfinite(lam):
             continue
         values = np.asarray([quality(r) for r in rows], dtype=np.float64)
-        if not np.all(np.isfinite(values)):
+        kept = np.flatnonzero(np.isfinite(values))  # a score missing at some checkpoints: over the others
+        if len(kept) < 3:
             continue
-        tau, rho = kendall_tau_b(values, truth), spearman_rho(values, truth)
-        tau_low, tau_high = _bootstrap(values, truth, kendall_tau_b, draws, rng)
-        rho_low, rho_high = _bootstrap(values, truth, spearman_rho, draws, rng)
+        values, scored_truth = values[kept], truth[kept]
+        tau, rho = kendall_tau_b(values, scored_truth), spearman_rho(values, scored_truth)
+        tau_low, tau_high = _bootstrap(values, scored_truth, kendall_tau_b, draws, rng)
+        rho_low, rho_high = _bootstrap(values, scored_truth, spearman_rho, draws, rng)
         candidates = local_maxima(values, window)
         pick = sorted(candidates, key=lambda i: (-values[i], i))[0]
-        chosen = rows[pick]
+        chosen = rows[int(kept[pick])]
         result.scores[score] = {
             "tau": tau, "tau_low": tau_low, "tau_high": tau_high, "rho": rho, "rho_low": rho_low,
             "rho_high": rho_high, "selected": chosen["checkpoint"], "selected_epoch": chosen.get("epoch"),
@@ -335,7 +343,7 @@ def _compare_run(name: str, rows: list[dict], window: int, draws: int, rng: np.r
 
 def compare_scores(results: str | os.PathLike | Iterable[Mapping], truth: str | os.PathLike | Iterable[Mapping], *,
                    truth_column: str = "miou", run_column: str = "run", window: int = 2, bootstrap: int = 1000,
-                   seed: int = 0) -> Comparison:
+                   seed: int = 0, extra_scores: Sequence[str] = ()) -> Comparison:
     """Kendall τ / Spearman ρ of every score with the truth, and what each score selects.
 
     Args:
@@ -348,6 +356,8 @@ def compare_scores(results: str | os.PathLike | Iterable[Mapping], truth: str | 
         window: the local-maximum half window of the selection (default 2, as ``dse select``).
         bootstrap: resamples of the checkpoints for the 95 % intervals (0: none).
         seed: seeds the bootstrap (numpy's PCG64; torch's RNG is not touched).
+        extra_scores: numeric columns of either table compared as scores too (higher = better),
+            e.g. ``["neg_train_loss"]``.
 
     Returns:
         :class:`Comparison`. Runs with fewer than 3 checkpoints with a truth value are refused.
@@ -360,7 +370,7 @@ def compare_scores(results: str | os.PathLike | Iterable[Mapping], truth: str | 
     rows = read_results(results) if isinstance(results, (str, os.PathLike)) else [dict(r) for r in results]
     truth_dir = Path(truth).resolve().parent if isinstance(truth, (str, os.PathLike)) else None
     truth_rows = _read_truth(truth, truth_column) if isinstance(truth, (str, os.PathLike)) else [dict(t) for t in truth]
-    matched = _attach_truth(rows, results_dir, truth_rows, truth_dir, truth_column, run_column)
+    matched = _attach_truth(rows, results_dir, truth_rows, truth_dir, truth_column, run_column, extra_scores)
     if not matched:
         raise ValueError(f"no checkpoint of the results has a {truth_column} in the truth table: match them by "
                          "'checkpoint' (path or file name) or by 'epoch' (and the run column)")
@@ -379,7 +389,7 @@ def compare_scores(results: str | os.PathLike | Iterable[Mapping], truth: str | 
         if len(ordered) < 3:
             raise ValueError(f"run {name or '(one run)'} has {len(ordered)} checkpoint(s) with a {truth_column}: "
                              "τ and a selection need at least 3")
-        compared.append(_compare_run(name, ordered, window, bootstrap, rng))
+        compared.append(_compare_run(name, ordered, window, bootstrap, rng, extra_scores))
     summary: dict[str, dict] = {}
     names = list(dict.fromkeys(s for r in compared for s in r.scores))
     for score in names:
@@ -408,7 +418,7 @@ def plot_comparison(comparison: Comparison, path: str | os.PathLike, scores: Seq
     axes = figure.subplots(len(runs), 1, squeeze=False)
     for ax, run in zip(axes[:, 0], runs):
         x = [r.get("epoch") if r.get("epoch") is not None else i for i, r in enumerate(run.rows)]
-        functions = _score_functions(run.rows)
+        functions = _score_functions(run.rows, [s for s in run.scores if s not in _score_functions(run.rows)])
         for score in [s for s in (scores or run.scores) if s in run.scores and s != "epoch"]:
             values = np.asarray([functions[score](r) for r in run.rows], dtype=np.float64)
             z = (values - values.mean()) / (values.std() or 1.0)

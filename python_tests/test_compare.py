@@ -125,3 +125,20 @@ def test_cli_compare_writes_table_json_csv_and_plot(tables, tmp_path, capsys):
     assert cli.main(argv + ["--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["runs"]["a"]["checkpoints"] == 6
     assert cli.main(["compare", str(results), "--truth", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_extra_columns_and_a_score_missing_at_some_checkpoints(tables, tmp_path):
+    results, _ = tables
+    truth = tmp_path / "t.csv"
+    with open(truth, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["checkpoint", "miou", "neg_train_loss"])
+        for run, values in MIOU.items():
+            for epoch, miou in enumerate(values):
+                loss = "" if epoch == 0 else -epoch  # no loss at initialisation; then it falls
+                writer.writerow([f"scores/{run}/checkpoint{epoch:04d}.pth", miou, loss])
+    comparison = compare_scores(results, truth, bootstrap=0, extra_scores=["neg_train_loss"])
+    a = comparison.runs[0]
+    expected = kendall_tau_b([-1, -2, -3, -4, -5], MIOU["a"][1:])  # over the 5 checkpoints with a loss
+    assert a.scores["neg_train_loss"]["tau"] == pytest.approx(expected)
+    assert a.scores["neg_train_loss"]["selected_epoch"] == 1

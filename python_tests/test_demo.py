@@ -79,3 +79,12 @@ def test_quick_demo_writes_the_report(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "## Kendall τ" in report and "## What this run shows" in report and "dino+dse" in report
     assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
+    # The report's τ come from the library's pipeline: dse compare on the files it leaves reproduces them.
+    assert "dse compare scores.csv --truth truth.csv" in report
+    assert cli.main(["compare", str(out / "scores.csv"), "--truth", str(out / "truth.csv"), "--extra",
+                     "neg_train_loss", "--json", "-"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    for run, data in summary["runs"].items():
+        for score, tau in data["tau"].items():
+            if tau is not None:
+                assert again["runs"][run]["scores"][score]["tau"] == pytest.approx(tau), (run, score)

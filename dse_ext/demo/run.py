@@ -1,12 +1,15 @@
 """The demo pipeline: data → SSL runs → label-free scores and dense ground truth → report.
 
 :func:`run_demo` makes the synthetic dataset, pre-trains a small ViT with DINO, with MoCo v3 and
-with DINO + the DSE regularizer (``loss − β·DSE``), then for every saved checkpoint computes the
-DSE components, RankMe, dense RankMe, α-ReQ and LiDAR (no labels) and the val mIoU of a linear
-probe on frozen patch tokens (labels). The report gives Kendall τ of each score with mIoU per
-run, what DSE-based selection would have kept against the last and the best-by-mIoU
-checkpoint, and the regularized run against the plain one. Nothing is tuned on the validation
-masks: the probe is trained on train masks only and the val masks are used only to measure.
+with DINO + the DSE regularizer (``loss − β·DSE``), then scores every saved checkpoint without
+labels through the library's own pipeline — :func:`dse_ext.score_checkpoints` with the scores
+registry (DSE, RankMe, dense RankMe, α-ReQ, LiDAR), what ``dse score --scores`` runs — and
+measures the val mIoU of a linear probe on frozen patch tokens (labels). The τ of each score
+with mIoU and what each score selects come from :func:`dse_ext.compare.compare_scores`, what
+``dse compare`` runs; the report also compares the regularized run with the plain one. Nothing
+is tuned on the validation masks: the probe is trained on train masks only and the val masks are
+used only to measure. ``scores.csv`` and ``truth.csv`` in the output folder reproduce the
+comparison with ``dse compare scores.csv --truth truth.csv --extra neg_train_loss``.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from .. import baselines
 from ..checkpoints import load_weights, read_checkpoint
-from ..metric import dse
+from ..compare import compare_scores
+from ..results import write_results
+from ..scoring import score_checkpoints
 from ..selection import select_checkpoints
 from .data import make_dataset, save_examples
 from .probe import linear_probe
@@ -31,11 +35,13 @@ from .ssl import TrainConfig, ViTConfig, augment, make_vit, train
 
 __all__ = ["DemoConfig", "run_demo", "SCORES"]
 
-# Label-free scores compared with mIoU, with how each enters Kendall τ (higher = predicted better).
+# The registry's scores the demo computes (dse score --scores ...).
+REGISTRY_SCORES = ("dse", "rankme", "dense_rankme", "alpha_req", "lidar")
+# What dse compare reports on them, with how each enters Kendall τ (higher = predicted better).
 SCORES = ("dse", "dse_lambda", "separability", "m_dim", "rankme", "dense_rankme", "alpha_req", "lidar",
           "epoch", "neg_train_loss")
 _SCORE_LABELS = {"dse": "DSE (official)", "dse_lambda": "DSE_λ (paper)", "separability": "M_inter − M_intra",
-                 "m_dim": "M_dim", "rankme": "RankMe", "dense_rankme": "dense RankMe", "alpha_req": "α-ReQ",
+                 "m_dim": "M_dim", "rankme": "RankMe", "dense_rankme": "dense RankMe", "alpha_req": "α-ReQ (α near 1)",
                  "lidar": "LiDAR", "epoch": "epoch number", "neg_train_loss": "− training loss"}
 
 
@@ -69,71 +75,74 @@ def _batched(fn, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
         return torch.cat([fn(images[i:i + batch]) for i in range(0, images.shape[0], batch)])
 
 
-def _features(backbone, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class tokens (n, d), patch tokens (n, N, d)) of normalized images, last block after the norm."""
+def _features(backbone, images_uint8: torch.Tensor) -> torch.Tensor:
+    """Patch tokens (n, N, d) of normalized images, last block after the norm."""
     from ..images import normalize
 
     out = _batched(lambda x: backbone.forward_features(normalize(x)), images_uint8)
-    return out[:, 0], out[:, backbone.num_prefix_tokens:]
+    return out[:, backbone.num_prefix_tokens:]
 
 
-def evaluate_checkpoint(path: Path, data, config: DemoConfig) -> dict:
-    """Every label-free score and the probe's val mIoU for one checkpoint."""
+def score_run(checkpoints: list[Path], data, config: DemoConfig, table: Path, progress: bool) -> list[dict]:
+    """The label-free scores of a run's checkpoints on the val images: ``dse score --scores`` (the
+    registry, one forward per image) into ``table``."""
+    report = score_checkpoints(checkpoints, model=make_vit(config.vit), images=data.val_images, out=table,
+                               num_images=data.val_images.shape[0], dse_batch=data.val_images.shape[0],
+                               batch_size=128, seed=config.seed, scores=list(REGISTRY_SCORES),
+                               lidar_images=config.lidar_images, lidar_views=config.lidar_views, progress=progress)
+    if report.failures:
+        raise RuntimeError(f"the demo could not score {report.failures}")
+    return report.rows
+
+
+def probe_checkpoint(path: Path, data, config: DemoConfig) -> dict:
+    """The ground truth of one checkpoint: the val mIoU of a linear probe (trained on train masks)."""
     backbone = make_vit(config.vit).eval()
     load_weights(backbone, path)
     meta = read_checkpoint(path)
-    _, train_tokens = _features(backbone, data.train_images[:config.probe_train])
-    val_cls, val_tokens = _features(backbone, data.val_images)
-    components = dse(val_tokens, seed=config.seed).to_dict()
-    g = torch.Generator().manual_seed(config.seed + 1)  # the same views for every checkpoint
-    views = data.val_images[:config.lidar_images]
-    view_cls = torch.stack([_batched(lambda x: backbone.forward_features(x)[:, 0], augment(views, g))
-                            for _ in range(config.lidar_views)], dim=1)  # (n, q, d)
+    train_tokens = _features(backbone, data.train_images[:config.probe_train])
+    val_tokens = _features(backbone, data.val_images)
     probe = linear_probe(train_tokens, data.train_masks[:config.probe_train], val_tokens, data.val_masks,
                          data.num_classes, epochs=config.probe_epochs, seed=config.seed)
     loss = float(meta.get("train_loss", float("nan")))
-    return {
-        "epoch": int(meta["epoch"]), "checkpoint": str(path), **components,
-        "separability": components["m_inter"] - components["m_intra"],
-        "rankme": baselines.rankme(val_cls), "dense_rankme": baselines.dense_rankme(val_tokens),
-        "alpha_req": baselines.alpha_req(val_cls), "lidar": baselines.lidar(view_cls),
-        "train_loss": loss, "neg_train_loss": -loss,
-        "miou": float(probe["miou"]), "pixel_accuracy": float(probe["pixel_accuracy"]),
-    }
+    return {"miou": float(probe["miou"]), "pixel_accuracy": float(probe["pixel_accuracy"]), "train_loss": loss,
+            "neg_train_loss": -loss}
 
 
 def kendall_tau(x, y) -> float:
     """Kendall τ-b of two sequences over the pairs where both are finite (NaN when < 3 such pairs)."""
-    from scipy.stats import kendalltau
+    from ..compare import kendall_tau_b
 
     pairs = [(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)]
     if len(pairs) < 3:
         return float("nan")
-    tau = kendalltau([a for a, _ in pairs], [b for _, b in pairs]).statistic
-    return float(tau)
+    return kendall_tau_b([a for a, _ in pairs], [b for _, b in pairs])
 
 
-def _summarise_run(rows: list[dict], top: int = 3) -> dict:
-    """λ, DSE_λ (added to the rows), τ of every score with mIoU, and the selection's outcome."""
-    selection = select_checkpoints(rows, top=top, window=2)
-    lam_by_ckpt = {r["checkpoint"]: r["dse_lambda"] for r in selection.rows}
+def _summarise_run(run, rows: list[dict], top: int = 3) -> dict:
+    """One run of the comparison (``dse compare``) as the report's summary: λ, τ of every score with
+    mIoU, what DSE_λ selects against the last and the best checkpoint; DSE_λ added to the rows."""
+    lam_by_ckpt = {r["checkpoint"]: r["dse_lambda"] for r in run.rows}
     for row in rows:
         row["dse_lambda"] = lam_by_ckpt[row["checkpoint"]]
-    miou = [r["miou"] for r in rows]
-    taus = {score: kendall_tau([r[score] for r in rows], miou) for score in SCORES}
-    best = max(rows, key=lambda r: r["miou"])
-    last = rows[-1]
-    chosen = selection.best
-    chosen_miou = next(r["miou"] for r in rows if r["checkpoint"] == chosen["checkpoint"])
+        row["separability"] = row["m_inter"] - row["m_intra"]
+    selection = select_checkpoints(rows, top=top, window=2)  # the top 3, as dse select lists them
+    chosen = run.scores["dse_lambda"]
+    by_epoch = {r["epoch"]: r for r in run.rows}
     return {
-        "lambda": selection.lam, "tau": taus,
+        "lambda": run.lam,
+        "tau": {score: run.scores[score]["tau"] if score in run.scores else float("nan") for score in SCORES},
+        "tau_interval": {score: [run.scores[score]["tau_low"], run.scores[score]["tau_high"]]
+                         for score in SCORES if score in run.scores},
         "selected_epochs": [selection.rows[i]["epoch"] for i in selection.selected],
-        "selected_epoch": chosen["epoch"], "selected_miou": chosen_miou,
-        "last_epoch": last["epoch"], "last_miou": last["miou"],
-        "best_epoch": best["epoch"], "best_miou": best["miou"],
-        "init_miou": rows[0]["miou"],
-        "gain_vs_last": chosen_miou - last["miou"], "gap_to_best": best["miou"] - chosen_miou,
-        "degraded": best["epoch"] != last["epoch"] and best["miou"] - last["miou"] > 0.005,
+        "selected_epoch": chosen["selected_epoch"], "selected_miou": chosen["selected_truth"],
+        "last_epoch": run.last["epoch"], "last_miou": run.last["truth"],
+        "best_epoch": run.best["epoch"], "best_miou": run.best["truth"],
+        "init_miou": by_epoch[min(by_epoch)]["truth"],
+        "gain_vs_last": chosen["gain_vs_last"], "gap_to_best": chosen["regret"],
+        "selection_by_score": {score: {"epoch": d["selected_epoch"], "miou": d["selected_truth"],
+                                       "gain_vs_last": d["gain_vs_last"]} for score, d in run.scores.items()},
+        "degraded": run.best["epoch"] != run.last["epoch"] and run.best["truth"] - run.last["truth"] > 0.005,
     }
 
 
@@ -149,6 +158,7 @@ def run_demo(out_dir: str | Path = "demo-out", config: DemoConfig | None = None,
     data = make_dataset(config.num_train, config.num_val, size=config.vit.img_size, seed=config.seed)
     save_examples(data, out / "examples.png")
     all_rows: list[dict] = []
+    runs: dict[str, dict] = {}
     summary: dict = {"config": _jsonable(asdict(config)), "runs": {}}
     for run_name, method, weight in config.runs:
         weight = config.dse_weight if weight is None else weight
@@ -159,16 +169,25 @@ def run_demo(out_dir: str | Path = "demo-out", config: DemoConfig | None = None,
                                         save_every=config.save_every, dse_weight=weight, seed=config.seed),
                             config.vit, progress=progress)
         train_seconds = time.perf_counter() - t0
+        scored = score_run(checkpoints, data, config, out / "runs" / run_name / "scores.csv", progress)
+        by_file = {Path(r["checkpoint"]).resolve(): r for r in scored}
         rows = []
-        for path in log.bar(checkpoints, f"scoring {run_name}"):
-            row = evaluate_checkpoint(path, data, config)
-            row["checkpoint"] = path.relative_to(out).as_posix()  # the table names files inside out_dir
+        for path in log.bar(checkpoints, f"probing {run_name}"):
+            row = {**by_file[path.resolve()], **probe_checkpoint(path, data, config)}
+            row["checkpoint"] = path.relative_to(out).as_posix()  # the tables name files inside out_dir
             rows.append({"run": run_name, "method": method, "dse_weight": weight, **row})
-        run_summary = _summarise_run(rows)
-        run_summary.update(method=method, dse_weight=weight, train_seconds=round(train_seconds, 1),
-                           checkpoints=len(rows))
-        summary["runs"][run_name] = run_summary
+        runs[run_name] = dict(method=method, dse_weight=weight, train_seconds=round(train_seconds, 1),
+                              checkpoints=len(rows))
         all_rows += rows
+    # τ and selections of every score: dse compare on the scores and the probe's mIoU.
+    truth = [{"run": r["run"], "checkpoint": r["checkpoint"], "miou": r["miou"], "neg_train_loss": r["neg_train_loss"]}
+             for r in all_rows]
+    comparison = compare_scores(all_rows, truth, truth_column="miou", run_column="run", bootstrap=1000,
+                                seed=config.seed, extra_scores=["neg_train_loss"])
+    for run in comparison.runs:
+        rows = [r for r in all_rows if r["run"] == run.name]
+        summary["runs"][run.name] = {**_summarise_run(run, rows), **runs[run.name]}
+    _write_comparison_inputs(out, all_rows, truth)
     summary["regularization"] = _regularization(summary["runs"], config)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["machine"] = _machine()
@@ -202,6 +221,21 @@ class _Log:
         from tqdm.auto import tqdm
 
         return tqdm(items, desc=desc, unit="ckpt", file=sys.stderr, leave=False)
+
+
+def _write_comparison_inputs(out: Path, rows: list[dict], truth: list[dict]) -> None:
+    """``scores.csv`` (a dse score table with a run column) and ``truth.csv``: ``dse compare
+    scores.csv --truth truth.csv --extra neg_train_loss`` reproduces the report's τ and selections."""
+    import csv
+
+    keep = {"checkpoint", "epoch", "step", "run", "num_images", "seconds", "settings", "file", "file_size",
+            "file_mtime_ns", "dse", "m_inter", "m_intra", "m_intra_image", "m_intra_batch", "m_dim", "avg_l2",
+            "rankme", "dense_rankme", "alpha_req", "lidar"}
+    write_results(out / "scores.csv", [{k: v for k, v in r.items() if k in keep} for r in rows])
+    with open(out / "truth.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["run", "checkpoint", "miou", "neg_train_loss"])
+        writer.writeheader()
+        writer.writerows(truth)
 
 
 def _jsonable(obj):
@@ -270,7 +304,10 @@ def _report(summary: dict) -> str:
           f"{summary['seconds']:.0f} s on {summary['machine']}.", "",
           "Ground truth: val mIoU of a linear probe on frozen patch tokens, trained on the masks of "
           f"{cfg['probe_train']} train images. Label-free scores use the {cfg['num_val']} val images "
-          "(no masks). ![demo](demo.png)", "",
+          "(no masks), computed by `dse score --scores dse,rankme,dense_rankme,alpha_req,lidar` "
+          "(dse_ext.score_checkpoints); τ and selections by `dse compare` (dse_ext.compare.compare_scores, "
+          "1000 bootstrap resamples): `dse compare scores.csv --truth truth.csv --extra neg_train_loss` in "
+          "this folder reproduces them. ![demo](demo.png)", "",
           "## Kendall τ of each score with mIoU", "",
           "| score | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for score in SCORES:
