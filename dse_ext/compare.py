@@ -409,7 +409,7 @@ def compare_scores(results: str | os.PathLike | Iterable[Mapping], truth: str | 
 def plot_comparison(comparison: Comparison, path: str | os.PathLike, scores: Sequence[str] | None = None) -> Path:
     """Scores (standardised per run) and the truth over training, one panel per run, each score's
     selection marked. Needs matplotlib (the ``plot`` extra); drawn on its own Agg canvas."""
-    from .plotting import _import_matplotlib
+    from .plotting import _import_matplotlib, save_figure
 
     Figure, FigureCanvasAgg = _import_matplotlib()
     runs = comparison.runs
@@ -432,10 +432,4 @@ def plot_comparison(comparison: Comparison, path: str | os.PathLike, scores: Seq
         ax.set_title(f"run {run.name or '(one run)'}")
         ax.legend(fontsize="x-small", loc="upper left")
     axes[-1, 0].set_xlabel("epoch")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        figure.savefig(path, format=None if path.suffix else "png", dpi=120)
-    finally:
-        figure.clear()
-    return path
+    return save_figure(figure, path)

@@ -131,7 +131,12 @@ def plot_results(
         panel.legend(loc="best", fontsize="small")
         panel.grid(alpha=0.3)
     panels[-1].set_xlabel(x_label)
+    return save_figure(figure, path)
 
+
+def save_figure(figure, path: str | os.PathLike) -> Path:
+    """Saves ``figure`` to ``path`` (format from its extension, PNG without one; parent folders
+    created) and releases it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
