@@ -180,37 +180,32 @@ std::tuple<at::Tensor, at::Tensor> solve_general(const at::Tensor& gram_in, bool
       at::Tensor info = at::zeros({B}, a.options().dtype(at::kInt));
       std::vector<int> failed(chunks.size(), 0);
       solve_batched(*state, a, w, info, vectors, chunks, failed);
-      at::Tensor sink = sink_for(a.device());
-      if (sink.defined()) {  // deferred: infos into the caller's flag; failed calls (known here) redone now
-        record_failures(sink, info);
-        for (size_t c = 0; c < chunks.size(); ++c) {
-          if (failed[c] == 0) continue;
-          const EigenChunk& chunk = chunks[c];
-          const std::string context = "matrices " + std::to_string(chunk.start) + " to " +
-                                      std::to_string(chunk.start + chunk.count - 1) + " of " + batch_name(B, n) + why +
-                                      ", after cusolverDnXsyevBatched failed on them (status " +
-                                      std::to_string(failed[c]) + ")";
-          auto [cw, cv] = solve_torch(gram_in.narrow(0, chunk.start, chunk.count), vectors, context);
-          w.narrow(0, chunk.start, chunk.count).copy_(cw);
-          if (vectors) a.narrow(0, chunk.start, chunk.count).copy_(cv);
-        }
-        return {w, vectors ? a : at::empty({0}, a.options())};
-      }
-      const at::Tensor host_info = info.cpu();  // one synchronisation per call
-      std::vector<char> call_failed(failed.size());
-      for (size_t c = 0; c < failed.size(); ++c) call_failed[c] = failed[c] != 0;
-      for (size_t c : eigen_chunks_to_redo(chunks, call_failed, host_info.const_data_ptr<int>())) {
+      // Redoes chunk c with torch, `cause` naming what cuSOLVER reported.
+      auto redo = [&](size_t c, const std::string& cause) {
         const EigenChunk& chunk = chunks[c];
-        int bad_info = 0;
-        for (int64_t i = chunk.start; i < chunk.start + chunk.count && bad_info == 0; ++i)
-          bad_info = host_info.const_data_ptr<int>()[i];
         const std::string context =
             "matrices " + std::to_string(chunk.start) + " to " + std::to_string(chunk.start + chunk.count - 1) +
-            " of " + batch_name(B, n) + why + ", after cusolverDnXsyevBatched failed on them (" +
-            (failed[c] != 0 ? "status " + std::to_string(failed[c]) : "info " + std::to_string(bad_info)) + ")";
+            " of " + batch_name(B, n) + why + ", after cusolverDnXsyevBatched failed on them (" + cause + ")";
         auto [cw, cv] = solve_torch(gram_in.narrow(0, chunk.start, chunk.count), vectors, context);
         w.narrow(0, chunk.start, chunk.count).copy_(cw);
         if (vectors) a.narrow(0, chunk.start, chunk.count).copy_(cv);
+      };
+      at::Tensor sink = sink_for(a.device());
+      if (sink.defined()) {  // deferred: infos into the caller's flag; failed calls (known here) redone now
+        record_failures(sink, info);
+        for (size_t c = 0; c < chunks.size(); ++c)
+          if (failed[c] != 0) redo(c, "status " + std::to_string(failed[c]));
+        return {w, vectors ? a : at::empty({0}, a.options())};
+      }
+      const at::Tensor host_info = info.cpu();  // one synchronisation per call
+      const int* infos = host_info.const_data_ptr<int>();
+      std::vector<char> call_failed(failed.size());
+      for (size_t c = 0; c < failed.size(); ++c) call_failed[c] = failed[c] != 0;
+      for (size_t c : eigen_chunks_to_redo(chunks, call_failed, infos)) {
+        int bad_info = 0;
+        for (int64_t i = chunks[c].start; i < chunks[c].start + chunks[c].count && bad_info == 0; ++i)
+          bad_info = infos[i];
+        redo(c, failed[c] != 0 ? "status " + std::to_string(failed[c]) : "info " + std::to_string(bad_info));
       }
       return {w, vectors ? a : at::empty({0}, a.options())};
     }
