@@ -365,8 +365,9 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
     # which checks the input and reads the cluster sizes (the css kernels plan their batches
     # with them, and the checks of the clusterings are functions of them); on CUDA one more at
     # the end, for the eigensolvers' status. With normalize=False one more before the
-    # clusterings: k-means' tol is relative to avg_l2. k-means runs before the input check when
-    # normalize=True: it is safe on any input, and its labels are discarded when the check fails.
+    # clusterings: k-means' tol is relative to avg_l2. Off the CPU, k-means runs before the
+    # input check when normalize=True: it is safe on any input, and its labels are discarded
+    # when the check fails.
     units = None  # exponent k of the scaling x · 2**k without normalization
     if normalize:
         x, finite = _unit_tokens(x)
@@ -395,13 +396,15 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
                 f"its range, e.g. entries near {torch.finfo(avg_l2.dtype).max:.1e}); pass float64 features or "
                 "rescale them")
 
-    if normalize:
-        kmeans_tol = tol  # in the units of the unit tokens
-    else:  # relative to avg_l2, the one scale of the features that every component is divided by
+    # Checked before k-means where that costs no extra synchronisation (CPU tensors), where the
+    # reference's k-means would refuse bad input with its own words, and without normalization.
+    checked_first = not normalize or ops is reference or _host_reads_are_free(x.device)
+    if checked_first:
         flags = _host_read(*input_flags)
         check_input(*flags)
-        kmeans_tol = tol * flags[2]
-    kmeans_opts = dict(max_iters=max_iters, tol=kmeans_tol, init=init)
+    # tol: in the units of the unit tokens; without normalization relative to avg_l2, the one
+    # scale of the features that every component is divided by (so that DSE is scale-free).
+    kmeans_opts = dict(max_iters=max_iters, tol=tol if normalize else tol * flags[2], init=init)
 
     # The clusterings: inside each image (local), and over groups of images (global).
     if local_labels is None:
@@ -421,7 +424,7 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
     flags, sizes_local, sizes_global = _host_read_arrays(
         torch.stack([f.detach().to(torch.float64).reshape(()) for f in input_flags]),
         _member_counts(local_labels, local_clusters), _member_counts(labels_g, global_clusters))
-    if normalize:
+    if not checked_first:
         check_input(*flags.tolist())
     sizes_local, sizes_global = sizes_local.astype(np.int64), sizes_global.astype(np.int64)
     if not (sizes_local >= 2).any():
