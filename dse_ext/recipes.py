@@ -5,8 +5,8 @@ its official training code writes (as read from that code; the tests build check
 layout, with the decoy copies it holds, and check that the intended weights are the ones
 loaded), which sub-network ``dse score`` takes by default and the flags that take the other one.
 The README's table "Recipes for common SSL checkpoints" is made from :data:`RECIPES`
-(:func:`markdown_table`). ``dse score`` prints what it loaded from the first checkpoint: if a
-file of yours differs, that report says so.
+(:func:`markdown_table`). ``dse score`` prints what it loaded from the first checkpoint (the
+:class:`~dse_ext.checkpoints.LoadReport`): if a file of yours differs, that report says so.
 """
 
 from __future__ import annotations

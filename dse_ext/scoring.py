@@ -678,11 +678,18 @@ def score_checkpoints(checkpoints: Iterable[str | os.PathLike], *, model, images
         def batches(images_: torch.Tensor, embeddings: bool):
             return [run(images_[i:i + batch_size], embeddings) for i in range(0, images_.shape[0], batch_size)]
 
+        reported: list[bool] = []  # the first checkpoint's load report is printed
+
         def score_one(path: str, wanted: list[Score]) -> dict:
             if hasattr(net, "dse_load_checkpoint"):  # a transformers model (dse_ext.hf)
                 net.dse_load_checkpoint(path)
             else:
-                load_weights(net, path, key=key, prefix=prefix, rename=rules, unsafe=unsafe_load)
+                loaded = load_weights(net, path, key=key, prefix=prefix, rename=rules, unsafe=unsafe_load)
+                if not reported and distributed.rank() == 0:  # what the layout gave, once
+                    from tqdm.auto import tqdm
+
+                    tqdm.write(f"loaded {loaded.summary()}", file=sys.stderr)
+                    reported.append(True)
             values: dict = {}
             per_chunk = [s for s in wanted if s.needs == "tokens"]
             if per_chunk:

@@ -182,3 +182,27 @@ def test_rename_rules_that_merge_two_keys_are_refused(tmp_path):
     torch.save(_flattened(source, prefix=""), path)
     with pytest.raises(CheckpointError, match="map both '0.weight' and '1.weight' to"):
         load_weights(_ResNetLike(), path, rename=[r"^[01]\.weight=conv1.weight"])
+
+
+def test_dse_score_prints_what_the_first_checkpoint_loaded(tmp_path, capsys):
+    pytest.importorskip("PIL.Image")
+    from PIL import Image
+
+    from dse_ext import cli
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(torch.full((32, 32, 3), 40 * i, dtype=torch.uint8).numpy()).save(images / f"{i}.png")
+    model = vit()
+    for epoch in (1, 2):
+        torch.save({"teacher": {f"backbone.{k}": v for k, v in model.state_dict().items()},
+                    "student": {f"module.backbone.{k}": v for k, v in model.state_dict().items()}},
+                   tmp_path / f"checkpoint{epoch:04d}.pth")
+    argv = ["score", "--model", "vit_tiny_patch16_224", "--model-kwargs", '{"img_size": 32, "patch_size": 8}',
+            "--checkpoints", str(tmp_path / "checkpoint*.pth"), "--images", str(images), "--out",
+            str(tmp_path / "r.csv"), "--num-images", "4", "--dse-batch", "4", "--global-clusters", "4",
+            "--local-clusters", "2", "--no-progress"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("loaded ") == 1 and "['teacher'] prefix 'backbone.'" in err
