@@ -231,7 +231,10 @@ def _write_comparison_inputs(out: Path, rows: list[dict], truth: list[dict]) -> 
     keep = {"checkpoint", "epoch", "step", "run", "num_images", "seconds", "settings", "file", "file_size",
             "file_mtime_ns", "dse", "m_inter", "m_intra", "m_intra_image", "m_intra_batch", "m_dim", "avg_l2",
             "rankme", "dense_rankme", "alpha_req", "lidar"}
-    write_results(out / "scores.csv", [{k: v for k, v in r.items() if k in keep} for r in rows])
+    # One table for all runs: each row's file is its checkpoint, relative to out (the runs' own
+    # tables name files relative to their folders, where every run has a checkpoint0000.pth).
+    write_results(out / "scores.csv", [{**{k: v for k, v in r.items() if k in keep}, "file": r["checkpoint"]}
+                                       for r in rows])
     with open(out / "truth.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["run", "checkpoint", "miou", "neg_train_loss"])
         writer.writeheader()
