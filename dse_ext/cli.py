@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Makes a synthetic dense dataset, pre-trains a small ViT with DINO, MoCo v3 and "
                                     "DINO + the DSE regularizer, scores every checkpoint (DSE, RankMe, dense RankMe, "
                                     "alpha-ReQ, LiDAR) against a linear probe's val mIoU and writes a report. "
-                                    "About 7 minutes on 2 CPU cores; --quick takes seconds.")
+                                    "About 15 minutes on 2 CPU cores; --quick about a minute.")
     dm.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run, numbers meaningless)")
     dm.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
     dm.add_argument("--seed", type=int, default=0)

@@ -131,6 +131,16 @@ def _read_truth(path: str | os.PathLike, column: str) -> list[dict]:
     return rows
 
 
+def _run_key(value) -> str:
+    """A run's name as text: ``1``, ``1.0`` and ``"1"`` name the same run (a results table reads
+    numeric cells as numbers); ``""`` for none."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _epoch(value) -> int | None:
     if value is None or value == "":
         return None
@@ -150,7 +160,7 @@ def _attach_truth(rows: list[dict], results_dir: Path | None, truth: list[dict],
     by_path, by_name, by_epoch = {}, {}, {}
     names_seen: dict[str, int] = {}
     for t in truth:
-        run = str(t.get(run_column) or "")
+        run = _run_key(t.get(run_column))
         if t.get("checkpoint"):
             by_path[resolved(t["checkpoint"], truth_dir)] = t
             name = Path(t["checkpoint"]).name
@@ -166,7 +176,7 @@ def _attach_truth(rows: list[dict], results_dir: Path | None, truth: list[dict],
         if t is None and names_seen.get(Path(name).name) == 1:
             t = by_name[Path(name).name]
         if t is None and row.get("epoch") is not None:
-            t = by_epoch.get((str(row.get(run_column) or ""), int(row["epoch"])))
+            t = by_epoch.get((_run_key(row.get(run_column)), int(row["epoch"])))
         if t is None:
             unmatched.append(name)
             continue
@@ -376,7 +386,7 @@ def compare_scores(results: str | os.PathLike | Iterable[Mapping], truth: str | 
                          "'checkpoint' (path or file name) or by 'epoch' (and the run column)")
     runs: dict[str, list[dict]] = {}
     for row in matched:
-        runs.setdefault(str(row.get(run_column) or ""), []).append(row)
+        runs.setdefault(_run_key(row.get(run_column)), []).append(row)
     rng = np.random.default_rng(seed)
     compared = []
     for name, run_rows in runs.items():

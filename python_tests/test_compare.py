@@ -142,3 +142,21 @@ def test_extra_columns_and_a_score_missing_at_some_checkpoints(tables, tmp_path)
     expected = kendall_tau_b([-1, -2, -3, -4, -5], MIOU["a"][1:])  # over the 5 checkpoints with a loss
     assert a.scores["neg_train_loss"]["tau"] == pytest.approx(expected)
     assert a.scores["neg_train_loss"]["selected_epoch"] == 1
+
+
+def test_runs_named_by_numbers_match_across_tables(tmp_path):
+    """Seeds as run names: the results table reads "1" as 1.0, the truth table keeps "1"."""
+    rows = []
+    for seed in (0, 1):
+        for row in _run_rows("a"):
+            rows.append({**row, "run": str(seed), "checkpoint": f"s{seed}/checkpoint{row['epoch']:04d}.pth"})
+    write_results(tmp_path / "r.csv", rows)
+    truth = tmp_path / "t.csv"
+    with open(truth, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "epoch", "miou"])
+        for seed in (0, 1):
+            for epoch, miou in enumerate(MIOU["a"]):
+                writer.writerow([seed, epoch, miou])
+    comparison = compare_scores(tmp_path / "r.csv", truth, bootstrap=0)
+    assert [r.name for r in comparison.runs] == ["0", "1"] and comparison.summary["dse"]["runs"] == 2

@@ -47,7 +47,7 @@ _SCORE_LABELS = {"dse": "DSE (official)", "dse_lambda": "DSE_λ (paper)", "separ
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo. The defaults are the full run (about 7 min on 2 cores); :meth:`quick` is tiny."""
+    """Sizes of the demo. The defaults are the full run (about 15 min on 2 cores); :meth:`quick` is tiny."""
 
     num_train: int = 1000
     num_val: int = 200
