@@ -12,7 +12,8 @@ pytest.importorskip("matplotlib")
 
 from dse_ext import cli, load_weights  # noqa: E402
 from dse_ext.demo import ssl  # noqa: E402
-from dse_ext.demo.run import SCORES, kendall_tau  # noqa: E402
+from dse_ext.demo import report as demo_report  # noqa: E402
+from dse_ext.demo.run import SCORES, DemoConfig, RunSpec, kendall_tau  # noqa: E402
 
 
 def test_kendall_tau_hand_cases():
@@ -60,31 +61,184 @@ def test_quick_demo_writes_the_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli.main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "Kendall τ with val mIoU" in err and "report:" in err
-    for name in ("report.md", "results.csv", "summary.json", "demo.png", "examples.png"):
+    assert "Kendall τ with val mIoU" in err and "What held:" in err and "report:" in err
+    # the elapsed time and its split by stage are printed
+    assert all(f"{stage} " in err.split("report:")[-1] for stage in ("data", "train", "score", "probe"))
+    for name in ("report.md", "results.csv", "per_seed.csv", "summary.json", "demo.png", "examples.png"):
         assert (out / name).stat().st_size > 0, name
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    assert list(rows[0])[:6] == ["run", "method", "seed", "regularizer", "epoch", "miou"]
     runs = {r["run"] for r in rows}
-    assert runs == {"dino", "mocov3", "dino+dse"}
-    assert len(rows) == 3 * 3  # epochs 0, 1, 2 of each run
+    assert runs == {"dino", "mocov3", "dino+dse0.001"}
+    assert {(r["run"], r["seed"]) for r in rows} == {(run, s) for run in runs for s in ("0", "1")}
+    assert len(rows) == 3 * 2 * 3  # epochs 0, 1, 2 of each run and seed
     for r in rows:
         for column in ("dse", "m_inter", "m_intra", "m_dim", "rankme", "dense_rankme", "alpha_req", "lidar",
                        "miou"):
             assert r[column] != "" and float(r[column]) == float(r[column]), column  # present, not NaN
         assert 0.0 <= float(r["miou"]) <= 1.0
+        assert float(r["regularizer"]) == (0.001 if r["run"] == "dino+dse0.001" else 0.0)
+    # the seeds differ (init, batches, augmentations), so their scores do
+    by = {(r["run"], r["seed"], r["epoch"]): float(r["dse"]) for r in rows}
+    assert by[("dino", "0", "2")] != by[("dino", "1", "2")]
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["runs"]) == runs and set(summary["runs"]["dino"]["tau"]) == set(SCORES)
-    assert summary["regularization"]["regularized"] == "dino+dse"
+    assert summary["mode"] == "quick" and set(summary["configs"]) == runs
+    dino = summary["configs"]["dino"]
+    assert set(dino["tau"]) == set(SCORES) and dino["seeds"] == [0, 1]
+    for score, s in dino["tau"].items():
+        finite = [v for v in s["values"] if v is not None]
+        if len(finite) == 2:
+            assert s["mean"] == pytest.approx(sum(finite) / 2) and s["std"] is not None
+    assert [r["regularized"] for r in summary["regularization"]] == ["dino+dse0.001"]
+    assert summary["regularization"][0]["plain"] == "dino"
+    with open(out / "per_seed.csv", newline="") as f:
+        per_seed = list(csv.DictReader(f))
+    assert len(per_seed) == 3 * 2 * len(SCORES)
     report = (out / "report.md").read_text()
-    assert "## Kendall τ" in report and "## What this run shows" in report and "dino+dse" in report
+    assert "## What held" in report and "## Kendall τ" in report and "dino+dse0.001" in report
+    assert "reduced against `dse demo --full`" in report
     assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
-    # The report's τ come from the library's pipeline: dse compare on the files it leaves reproduces them.
+    # The per-seed τ come from the library's pipeline: dse compare on the files it leaves reproduces them.
     assert "dse compare scores.csv --truth truth.csv" in report
     assert cli.main(["compare", str(out / "scores.csv"), "--truth", str(out / "truth.csv"), "--extra",
                      "neg_train_loss", "--json", "-"]) == 0
     again = json.loads(capsys.readouterr().out)
-    for run, data in summary["runs"].items():
+    assert set(again["runs"]) == set(summary["trajectories"])
+    for run, data in summary["trajectories"].items():
         for score, tau in data["tau"].items():
             if tau is not None:
                 assert again["runs"][run]["scores"][score]["tau"] == pytest.approx(tau), (run, score)
+
+
+def test_demo_configurations():
+    full, default = DemoConfig.full(), DemoConfig()
+    assert len(full.seeds) >= 3 and RunSpec("dino", 1e-3) in full.runs and RunSpec("dino") in full.runs
+    assert len({r.dse_weight for r in full.runs if r.dse_weight}) >= 2  # a β sweep
+    assert RunSpec("dino", 1e-3) in default.runs and RunSpec("dino") in default.runs
+    assert full.reduced() is None and default.reduced()  # the default says what it leaves out
+    # the modes train the same regime: only seeds, configurations (and nothing else) differ
+    assert (default.epochs, default.lr, default.schedule, default.vit) == (full.epochs, full.lr, full.schedule, full.vit)
+    with pytest.raises(ValueError, match="distinct"):
+        DemoConfig(seeds=(0, 0)).validate()
+    with pytest.raises(ValueError, match="unknown method"):
+        DemoConfig(runs=(RunSpec("byol"),)).validate()
+    with pytest.raises(ValueError, match="dse_weight"):
+        DemoConfig(runs=(RunSpec("dino", float("nan")),)).validate()
+    with pytest.raises(ValueError, match="probe_train"):
+        DemoConfig(num_train=10, probe_train=20).validate()
+
+
+def test_demo_cli_rejects_bad_seeds(capsys):
+    for bad in ("0,0", "a", "-1"):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["demo", "--seeds", bad, "--out", "unused"])
+        assert e.value.code == 2
+        assert "--seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--full", "--quick"])
+
+
+def _trajectory(taus: dict, gain: float, selected: int) -> dict:
+    return {"tau": taus, "selection_by_score": {"dse_lambda": {"gain_vs_last": gain}}, "selected_epoch": selected,
+            "lambda": 1.0}
+
+
+def _curve(values, epochs=None):
+    epochs = epochs or list(range(0, 10 * len(values), 10))
+    return [{"epoch": e, "miou": v} for e, v in zip(epochs, values)]
+
+
+def test_degradation_is_judged_on_the_mean_curve_with_the_early_peak_excluded():
+    taus = {s: 0.0 for s in SCORES}
+    traj = {0: _trajectory(taus, 0.01, 20), 1: _trajectory(taus, 0.03, 30)}
+    # peak at epoch 30 of 90 in both seeds, last 0.03 below on average: degradation
+    rows = {0: _curve([0.10, 0.15, 0.20, 0.25, 0.24, 0.23, 0.22, 0.21, 0.21, 0.21]),
+            1: _curve([0.10, 0.15, 0.20, 0.25, 0.25, 0.24, 0.23, 0.23, 0.23, 0.23])}
+    c = demo_report.summarise_config("dino", "dino", 0.0, 90, traj, rows)
+    assert c["peak_epoch"] == 30 and c["peak_miou"] == pytest.approx(0.25)
+    assert c["last_miou"] == pytest.approx(0.22) and c["drop"] == pytest.approx(0.03) and c["degraded"]
+    assert c["seed_drop"]["values"] == pytest.approx([0.04, 0.02])
+    assert c["gain_vs_last"]["dse_lambda"]["mean"] == pytest.approx(0.02)
+    assert c["gain_vs_last"]["dse_lambda"]["std"] == pytest.approx(0.0141421, abs=1e-6)
+    # a drop of 0.015 is not degradation
+    shallow = {s: _curve([0.10, 0.2, 0.2, 0.2, 0.185]) for s in (0, 1)}
+    assert not demo_report.summarise_config("d", "dino", 0.0, 40, traj, shallow)["degraded"]
+    # a peak in the first 10 % of training (epoch 0: collapse) is not degradation, however deep the fall
+    collapse = {s: _curve([0.10, 0.06, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05]) for s in (0, 1)}
+    c = demo_report.summarise_config("d", "dino", 0.0, 100, traj, collapse)
+    assert c["peak_is_early"] and not c["degraded"]
+    # one seed degrading and one rising: judged on the mean curve
+    mixed = {0: _curve([0.1, 0.3, 0.2, 0.2]), 1: _curve([0.1, 0.1, 0.2, 0.3])}
+    c = demo_report.summarise_config("d", "dino", 0.0, 30, traj, mixed)
+    assert c["drop"] == pytest.approx(0.0) and not c["degraded"]
+
+
+def test_regularizer_effect_is_paired_by_seed_and_worded_with_its_spread():
+    taus = {s: 0.1 for s in SCORES}
+    traj = {s: _trajectory(taus, 0.0, 10) for s in (0, 1, 2)}
+    plain = {0: _curve([0.1, 0.3, 0.20]), 1: _curve([0.1, 0.3, 0.22]), 2: _curve([0.1, 0.3, 0.24])}
+    reg = {0: _curve([0.1, 0.3, 0.25]), 1: _curve([0.1, 0.3, 0.26]), 2: _curve([0.1, 0.3, 0.23])}
+    configs = {"dino": demo_report.summarise_config("dino", "dino", 0.0, 20, traj, plain),
+               "dino+dse0.001": demo_report.summarise_config("dino+dse0.001", "dino", 1e-3, 20, traj, reg)}
+    (effect,) = demo_report.summarise_regularization(configs, {"dino": plain, "dino+dse0.001": reg})
+    assert effect["beta"] == 1e-3 and effect["plain"] == "dino"
+    assert effect["last_change"]["values"] == pytest.approx([0.05, 0.04, -0.01])
+    assert effect["peak_change"]["mean"] == pytest.approx(0.0)
+    text = demo_report.findings({"configs": configs, "regularization": [effect]})
+    line = next(t for t in text if t.startswith("The regularizer"))
+    assert "helps dino" in line and "better in 2 of 3 seeds" in line
+    # a negligible change is called so, not "helps"
+    effect["last_change"] = demo_report.stats([0.001, 0.002, 0.0])
+    line = next(t for t in demo_report.findings({"configs": configs, "regularization": [effect]})
+                if t.startswith("The regularizer"))
+    assert "no measurable effect" in line
+
+
+def test_findings_say_when_dse_loses_to_a_baseline_or_nothing_degrades():
+    traj = {s: _trajectory({**{k: 0.2 for k in SCORES}, "dse_lambda": 0.5, "epoch": 0.8}, -0.02, 10) for s in (0, 1)}
+    rows = {s: _curve([0.1, 0.2, 0.3]) for s in (0, 1)}
+    configs = {"dino": demo_report.summarise_config("dino", "dino", 0.0, 20, traj, rows)}
+    text = demo_report.findings({"configs": configs, "regularization": []})
+    assert any("does not reproduce dense degradation" in t for t in text)
+    assert any(t.startswith("DSE_λ does not beat epoch number on dino") for t in text)
+    assert any("Selection by DSE_λ's top local maximum loses on dino" in t for t in text)
+
+
+def test_momentum_schedules_and_pooling():
+    assert ssl._momentum(0.99, 0.0, "cosine") == pytest.approx(0.99)
+    assert ssl._momentum(0.99, 1.0, "cosine") == pytest.approx(1.0)
+    assert ssl._momentum(0.99, 0.7, "constant") == 0.99
+    backbone = ssl.make_vit(ssl.ViTConfig(embed_dim=32, depth=1, num_heads=2))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    cls, patches = ssl._tokens(backbone, x, "cls")
+    mean, same = ssl._tokens(backbone, x, "mean")
+    assert torch.equal(patches, same) and patches.shape == (2, 64, 32)
+    assert torch.allclose(mean, patches.mean(1)) and not torch.allclose(cls, mean)
+    with pytest.raises(ValueError, match="pool"):
+        ssl.DINO(backbone, torch.Generator(), pool="max")
+    with pytest.raises(ValueError, match="momentum_schedule"):
+        ssl.MoCoV3(backbone, torch.Generator(), momentum_schedule="linear")
+
+
+def test_constant_schedule_keeps_the_learning_rate_after_warm_up(tmp_path, gen):
+    images = torch.randint(0, 256, (16, 3, 64, 64), generator=gen, dtype=torch.uint8)
+    seen = {}
+    for schedule in ("constant", "cosine"):
+        lrs = []
+        original = torch.optim.AdamW.step
+
+        def spy(self, *args, **kwargs):
+            lrs.append(self.param_groups[0]["lr"])
+            return original(self, *args, **kwargs)
+
+        torch.optim.AdamW.step = spy
+        try:
+            ssl.train("dino", images, tmp_path / schedule, ssl.TrainConfig(epochs=4, batch_size=8, warmup_epochs=1,
+                                                                           schedule=schedule, lr=1e-3),
+                      ssl.ViTConfig(embed_dim=32, depth=1, num_heads=2), progress=False)
+        finally:
+            torch.optim.AdamW.step = original
+        seen[schedule] = lrs
+    assert seen["constant"][:2] == pytest.approx([5e-4, 1e-3]) and seen["constant"][2:] == pytest.approx([1e-3] * 6)
+    assert seen["cosine"][1] == pytest.approx(1e-3) and seen["cosine"][-1] < 1e-4

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -156,10 +155,31 @@ def _ema_(target: nn.Module, source: nn.Module, momentum: float) -> None:
             t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
 
 
-def _tokens(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class token (B, d), patch tokens (B, N, d)) after the final norm."""
+POOLS = ("cls", "mean")
+SCHEDULES = ("cosine", "constant")
+
+
+def _tokens(backbone: nn.Module, x: torch.Tensor, pool: str = "cls") -> tuple[torch.Tensor, torch.Tensor]:
+    """(image embedding (B, d), patch tokens (B, N, d)) after the final norm. The image embedding
+    is the class token (``pool="cls"``) or the mean of the patch tokens (``pool="mean"``)."""
     out = backbone.forward_features(x)
-    return out[:, 0], out[:, backbone.num_prefix_tokens:]
+    patches = out[:, backbone.num_prefix_tokens:]
+    return (out[:, 0] if pool == "cls" else patches.mean(1)), patches
+
+
+def _momentum(base: float, progress: float, schedule: str) -> float:
+    """EMA momentum at ``progress`` (0–1) of training: ``base`` throughout (``"constant"``) or
+    rising from ``base`` to 1 on a cosine (``"cosine"``, as DINO and MoCo v3 do)."""
+    if schedule == "constant":
+        return base
+    return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+def _check_choices(pool: str, schedule: str) -> None:
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"momentum_schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
 class DINO(nn.Module):
@@ -169,8 +189,10 @@ class DINO(nn.Module):
 
     def __init__(self, backbone: nn.Module, g: torch.Generator, *, prototypes: int = 128, bottleneck: int = 64,
                  hidden: int = 256, teacher_temp: float = 0.04, student_temp: float = 0.1,
-                 center_momentum: float = 0.9, momentum: float = 0.99):
+                 center_momentum: float = 0.9, momentum: float = 0.99, pool: str = "cls",
+                 momentum_schedule: str = "cosine"):
         super().__init__()
+        _check_choices(pool, momentum_schedule)
         d = backbone.embed_dim
         self.student = backbone
         self.student_head = _init_(nn.Sequential(_mlp([d, hidden, hidden, bottleneck], batch_norm=False)), g)
@@ -184,6 +206,7 @@ class DINO(nn.Module):
         self.register_buffer("center", torch.zeros(prototypes))
         self.teacher_temp, self.student_temp = teacher_temp, student_temp
         self.center_momentum, self.momentum = center_momentum, momentum
+        self.pool, self.momentum_schedule = pool, momentum_schedule
 
     def _head(self, cls: torch.Tensor, head: nn.Module, protos: nn.Module) -> torch.Tensor:
         return protos(F.normalize(head(cls), dim=-1))
@@ -191,10 +214,10 @@ class DINO(nn.Module):
     def forward(self, views: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (loss, student patch tokens of both views (2B, N, d))."""
         x = torch.cat(views)
-        cls, patches = _tokens(self.student, x)
+        cls, patches = _tokens(self.student, x, self.pool)
         student = self._head(cls, self.student_head, self.prototypes) / self.student_temp
         with torch.no_grad():
-            t_cls, _ = _tokens(self.teacher, x)
+            t_cls, _ = _tokens(self.teacher, x, self.pool)
             teacher_logits = self._head(t_cls, self.teacher_head, self.teacher_prototypes)
             teacher = F.softmax((teacher_logits - self.center) / self.teacher_temp, dim=-1)
             self.center.mul_(self.center_momentum).add_(teacher_logits.mean(0), alpha=1 - self.center_momentum)
@@ -204,8 +227,8 @@ class DINO(nn.Module):
         return loss, patches
 
     def after_step(self, progress: float) -> None:
-        """EMA update of the teacher; the momentum rises to 1 on a cosine over training."""
-        m = 1 - (1 - self.momentum) * (math.cos(math.pi * progress) + 1) / 2
+        """EMA update of the teacher (momentum by :func:`_momentum`)."""
+        m = _momentum(self.momentum, progress, self.momentum_schedule)
         _ema_(self.teacher, self.student, m)
         _ema_(self.teacher_head, self.student_head, m)
         _ema_(self.teacher_prototypes, self.prototypes, m)
@@ -222,8 +245,10 @@ class MoCoV3(nn.Module):
     family = "contrastive"
 
     def __init__(self, backbone: nn.Module, g: torch.Generator, *, dim: int = 128, hidden: int = 256,
-                 temperature: float = 0.2, momentum: float = 0.99):
+                 temperature: float = 0.2, momentum: float = 0.99, pool: str = "cls",
+                 momentum_schedule: str = "cosine"):
         super().__init__()
+        _check_choices(pool, momentum_schedule)
         d = backbone.embed_dim
         self.base_encoder = backbone
         self.projector = _init_(_mlp([d, hidden, hidden, dim], batch_norm=True, last_bn=True), g)
@@ -231,6 +256,7 @@ class MoCoV3(nn.Module):
         self.momentum_encoder = copy.deepcopy(backbone).requires_grad_(False)
         self.momentum_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.temperature, self.momentum = temperature, momentum
+        self.pool, self.momentum_schedule = pool, momentum_schedule
 
     def _contrast(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
@@ -239,15 +265,15 @@ class MoCoV3(nn.Module):
 
     def forward(self, views: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat(views)
-        cls, patches = _tokens(self.base_encoder, x)
+        cls, patches = _tokens(self.base_encoder, x, self.pool)
         q1, q2 = self.predictor(self.projector(cls)).chunk(2)
         with torch.no_grad():
-            k_cls, _ = _tokens(self.momentum_encoder, x)
+            k_cls, _ = _tokens(self.momentum_encoder, x, self.pool)
             k1, k2 = self.momentum_projector(k_cls).chunk(2)
         return self._contrast(q1, k2) + self._contrast(q2, k1), patches
 
     def after_step(self, progress: float) -> None:
-        m = 1 - (1 - self.momentum) * (math.cos(math.pi * progress) + 1) / 2
+        m = _momentum(self.momentum, progress, self.momentum_schedule)
         _ema_(self.momentum_encoder, self.base_encoder, m)
         _ema_(self.momentum_projector, self.projector, m)
 
@@ -267,6 +293,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.04
     warmup_epochs: int = 2
+    schedule: str = "cosine"       # after the warm-up: "cosine" (LR to 0, EMA momentum to 1) or "constant" (both kept)
+    pool: str = "cls"              # the image embedding the objective sees: "cls" token or "mean" of patch tokens
     save_every: int = 3
     dse_weight: float = 0.0        # β of loss − β·DSE on the student's patch tokens (0: off)
     seed: int = 0
@@ -279,7 +307,7 @@ def train(method: str, images: torch.Tensor, out_dir: str | Path, config: TrainC
 
     Checkpoints ``checkpoint{epoch:04d}.pth`` are written at epoch 0 (the initialisation) and
     every ``save_every`` epochs, and at the last epoch; each stores the mean training loss of
-    that epoch (``train_loss``; NaN at epoch 0). AdamW with a linear warm-up and a cosine decay;
+    that epoch (``train_loss``; NaN at epoch 0). AdamW with a linear warm-up, then ``config.schedule``;
     every random draw (init, batches, augmentations) comes from generators seeded by ``seed``.
     """
     from .. import DSERegularizer
@@ -288,7 +316,7 @@ def train(method: str, images: torch.Tensor, out_dir: str | Path, config: TrainC
     out_dir.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):  # layer constructors draw from the global RNG: keep it as it was
-        model = METHODS[method](make_vit(vit, g), g)
+        model = METHODS[method](make_vit(vit, g), g, pool=config.pool, momentum_schedule=config.schedule)
     regularizer = DSERegularizer(weight=config.dse_weight, global_clusters=16, group_size=8) \
         if config.dse_weight > 0 else None
     params = [p for p in model.parameters() if p.requires_grad]
@@ -310,7 +338,8 @@ def train(method: str, images: torch.Tensor, out_dir: str | Path, config: TrainC
         losses = []
         for b in range(steps_per_epoch):
             lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_epochs * steps_per_epoch))
-            lr *= 0.5 * (1 + math.cos(math.pi * step / total)) if step >= config.warmup_epochs * steps_per_epoch else 1
+            if config.schedule == "cosine" and step >= config.warmup_epochs * steps_per_epoch:
+                lr *= 0.5 * (1 + math.cos(math.pi * step / total))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = images[order[b * config.batch_size:(b + 1) * config.batch_size]]

@@ -1,0 +1,321 @@
+"""The demo's conclusions: statistics over seeds, plain-words findings, ``report.md`` and ``demo.png``.
+
+Everything here works on plain rows and dicts (the per-checkpoint rows of ``results.csv`` and the
+per-trajectory summaries that :mod:`dse_ext.demo.run` builds from :func:`dse_ext.compare.compare_scores`),
+so a report can be rebuilt from a finished run's files.
+
+Definitions used in the findings, fixed before any run was looked at (issue-level, not tuned):
+
+* **degradation** of a configuration: on the mIoU curve averaged over its seeds, the last
+  checkpoint is at least :data:`DEGRADATION_DROP` below the curve's peak, and the peak lies
+  after the first :data:`EARLY_FRACTION` of training;
+* a score **beats** another on a configuration when its mean τ over the seeds is higher by more
+  than :data:`TAU_TIE`; how many seeds agree is stated next to it;
+* **selection gains** when the mean mIoU gain of the selected checkpoint over the last one is
+  above :data:`NEGLIGIBLE` (it **loses** below −:data:`NEGLIGIBLE`); the spread and the seeds that
+  agree are stated next to it;
+* the **regularizer helps** when the paired (same seed) change of the last checkpoint's mIoU against
+  the plain run is above :data:`NEGLIGIBLE` on average (it **hurts** below −:data:`NEGLIGIBLE`);
+  again with its spread and the seeds that agree.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Iterable, Sequence
+
+__all__ = ["SCORES", "SCORE_LABELS", "BASELINES", "DEGRADATION_DROP", "EARLY_FRACTION", "NEGLIGIBLE", "stats", "fmt_stats",
+           "summarise_config", "summarise_regularization", "findings", "report_markdown", "console_table",
+           "plot_demo"]
+
+# What the report compares, with how each enters Kendall τ (higher = predicted better).
+SCORES = ("dse", "dse_lambda", "separability", "m_dim", "rankme", "dense_rankme", "alpha_req", "lidar",
+          "epoch", "neg_train_loss")
+SCORE_LABELS = {"dse": "DSE (official)", "dse_lambda": "DSE_λ (paper)", "separability": "M_inter − M_intra",
+                "m_dim": "M_dim", "rankme": "RankMe", "dense_rankme": "dense RankMe", "alpha_req": "α-ReQ (α near 1)",
+                "lidar": "LiDAR", "epoch": "epoch number", "neg_train_loss": "− training loss"}
+# The label-free baselines and the trivial predictors DSE_λ is held against.
+BASELINES = ("rankme", "dense_rankme", "alpha_req", "lidar", "epoch", "neg_train_loss")
+
+DEGRADATION_DROP = 0.02   # mIoU the mean curve must lose from its peak to its last checkpoint
+EARLY_FRACTION = 0.1      # a peak in this first fraction of training is not degradation (it is a failure)
+NEGLIGIBLE = 0.005        # mIoU changes and gains within ± this are reported as no effect
+TAU_TIE = 0.01            # mean τ within this of each other: a tie, not a win
+
+
+def _finite(values: Iterable) -> list[float]:
+    return [float(v) for v in values if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def stats(values: Sequence) -> dict:
+    """``{"mean", "std", "n", "values"}`` of the finite values; ``std`` is the sample standard
+    deviation (n − 1), None below 2 values; ``mean`` None when there is none."""
+    finite = _finite(values)
+    return {"mean": statistics.fmean(finite) if finite else None,
+            "std": statistics.stdev(finite) if len(finite) > 1 else None,
+            "n": len(finite), "values": [None if v is None or not math.isfinite(v) else v for v in
+                                         (float(x) if x is not None else None for x in values)]}
+
+
+def fmt_stats(s: dict | None, digits: int = 2, signed: bool = True) -> str:
+    """``+0.41 ± 0.12`` (the std left out below 2 seeds); ``n/a`` without a value."""
+    if not s or s.get("mean") is None:
+        return "n/a"
+    sign = "+" if signed else ""
+    text = f"{s['mean']:{sign}.{digits}f}"
+    if s.get("std") is not None:
+        text += f" ± {s['std']:.{digits}f}"
+    return text
+
+
+def _agree(values: Sequence, positive: bool = True) -> str:
+    finite = _finite(values)
+    count = sum((v > 0) if positive else (v < 0) for v in finite)
+    return f"{count} of {len(finite)} seeds"
+
+
+def summarise_config(name: str, method: str, dse_weight: float, epochs: int,
+                     trajectories: dict[int, dict], rows: dict[int, list[dict]]) -> dict:
+    """One configuration over its seeds.
+
+    ``trajectories``: seed → that run's summary (``tau``, ``selection_by_score``, ...);
+    ``rows``: seed → its checkpoints in training order (``epoch``, ``miou``).
+    Returns the mean mIoU curve (over the epochs every seed saved), its peak and last value, the
+    drop and whether it counts as degradation, per-seed peaks and lasts, and per score the
+    statistics of τ and of the selection's gain over the last checkpoint.
+    """
+    seeds = sorted(trajectories)
+    common = sorted(set.intersection(*(set(r["epoch"] for r in rows[s]) for s in seeds)))
+    by_seed = {s: {r["epoch"]: r["miou"] for r in rows[s]} for s in seeds}
+    mean_curve = [statistics.fmean(by_seed[s][e] for s in seeds) for e in common]
+    std_curve = [statistics.stdev([by_seed[s][e] for s in seeds]) if len(seeds) > 1 else 0.0 for e in common]
+    peak = max(range(len(common)), key=lambda i: (mean_curve[i], -i))
+    drop = mean_curve[peak] - mean_curve[-1]
+    early = common[peak] <= EARLY_FRACTION * epochs
+    per_seed_peak = [max(by_seed[s].values()) for s in seeds]
+    per_seed_last = [rows[s][-1]["miou"] for s in seeds]
+    tau = {score: stats([trajectories[s]["tau"].get(score) for s in seeds]) for score in SCORES}
+    gain = {score: stats([trajectories[s]["selection_by_score"].get(score, {}).get("gain_vs_last") for s in seeds])
+            for score in SCORES}
+    return {
+        "method": method, "dse_weight": dse_weight, "seeds": seeds,
+        "curve": {"epochs": common, "mean": mean_curve, "std": std_curve},
+        "init_miou": mean_curve[0], "peak_epoch": common[peak], "peak_miou": mean_curve[peak],
+        "last_epoch": common[-1], "last_miou": mean_curve[-1], "drop": drop, "peak_is_early": early,
+        "degraded": bool(drop >= DEGRADATION_DROP and not early),
+        "seed_peak": stats(per_seed_peak), "seed_last": stats(per_seed_last),
+        "seed_drop": stats([p - l for p, l in zip(per_seed_peak, per_seed_last)]),
+        "seed_peak_epoch": [max(rows[s], key=lambda r: r["miou"])["epoch"] for s in seeds],
+        "tau": tau, "gain_vs_last": gain,
+        "selected_epoch": [trajectories[s]["selected_epoch"] for s in seeds],
+        "lambda": stats([trajectories[s]["lambda"] for s in seeds]),
+    }
+
+
+def summarise_regularization(configs: dict[str, dict], rows: dict[str, dict[int, list[dict]]]) -> list[dict]:
+    """Each regularized configuration against the plain one of its method, paired by seed: the
+    change of the last checkpoint's mIoU and of the run's peak mIoU (regularized − plain)."""
+    out = []
+    for name, c in configs.items():
+        if not c["dse_weight"]:
+            continue
+        plain = next((n for n, p in configs.items() if p["method"] == c["method"] and not p["dse_weight"]), None)
+        if plain is None:
+            continue
+        seeds = [s for s in c["seeds"] if s in rows[plain]]
+        last = [rows[name][s][-1]["miou"] - rows[plain][s][-1]["miou"] for s in seeds]
+        peak = [max(r["miou"] for r in rows[name][s]) - max(r["miou"] for r in rows[plain][s]) for s in seeds]
+        out.append({"plain": plain, "regularized": name, "beta": c["dse_weight"], "seeds": seeds,
+                    "last_change": stats(last), "peak_change": stats(peak),
+                    "last_miou": [configs[plain]["last_miou"], c["last_miou"]],
+                    "peak_miou": [configs[plain]["peak_miou"], c["peak_miou"]]})
+    return out
+
+
+def findings(summary: dict) -> list[str]:
+    """What held and what did not, in plain words with the numbers; the unflattering ones included."""
+    out = []
+    configs, regs = summary["configs"], summary.get("regularization", [])
+    plain = {n: c for n, c in configs.items() if not c["dse_weight"]}
+    for name, c in configs.items():
+        n = len(c["seeds"])
+        curve = (f"mean mIoU over {n} seed{'s' if n > 1 else ''} peaks at epoch {c['peak_epoch']} "
+                 f"({c['peak_miou']:.3f}) and ends at {c['last_miou']:.3f} (drop {c['drop']:+.3f}; per seed "
+                 f"{fmt_stats(c['seed_drop'], 3)})")
+        if c["degraded"]:
+            verdict = "degrades" + (" on its own" if not c["dse_weight"] else "")
+        elif c["peak_is_early"]:
+            verdict = "does not degrade: its peak is in the first 10 % of training (a failure to learn, not degradation)"
+        else:
+            verdict = f"does not degrade (the drop is under {DEGRADATION_DROP})"
+        out.append(f"**{name}** {verdict}: {curve}.")
+    degrading = [n for n, c in plain.items() if c["degraded"]]
+    if not degrading:
+        out.append("**The toy does not reproduce dense degradation** in any plain run here, so τ on these runs "
+                   "mostly measures whether a score grows with training.")
+    for name in degrading or list(plain):
+        c = configs[name]
+        t = c["tau"]
+        dse = t["dse_lambda"]["mean"]
+        if dse is None:
+            continue
+        present = [b for b in BASELINES if t[b]["mean"] is not None]
+        beaten = [SCORE_LABELS[b] for b in present if t[b]["mean"] > dse - TAU_TIE]
+        pairs = {b: [(a, o) for a, o in zip(t["dse_lambda"]["values"], t[b]["values"])
+                     if a is not None and o is not None] for b in present}
+        versus = ", ".join(f"{SCORE_LABELS[b]} {fmt_stats(t[b])} (below DSE_λ in {sum(a > o for a, o in pairs[b])} "
+                           f"of {len(pairs[b])} seeds)" for b in present)
+        head = (f"DSE_λ beats every baseline and the epoch number on {name}" if not beaten else
+                f"DSE_λ does not beat {', '.join(beaten)} on {name}")
+        out.append(f"{head}: τ(DSE_λ) {fmt_stats(t['dse_lambda'])}, official DSE {fmt_stats(t['dse'])}; {versus}.")
+        g = c["gain_vs_last"]["dse_lambda"]
+        if g["mean"] is not None:
+            verdict = _verdict(g["mean"], "gains", "loses", "neither gains nor loses")
+            out.append(f"Selection by DSE_λ's top local maximum {verdict} on {name}: {fmt_stats(g, 3)} mIoU over the "
+                       f"last checkpoint (better in {_agree(g['values'])}); selected epochs {c['selected_epoch']}.")
+    for r in regs:
+        ch, pk = r["last_change"], r["peak_change"]
+        if ch["mean"] is None:
+            continue
+        verdict = _verdict(ch["mean"], "helps", "hurts", "has no measurable effect on")
+        out.append(f"The regularizer at β = {r['beta']:g} {verdict} {r['plain']}: last-checkpoint mIoU "
+                   f"{fmt_stats(ch, 3)} against the plain run, paired by seed (better in {_agree(ch['values'])}); "
+                   f"peak mIoU {fmt_stats(pk, 3)}.")
+    return out
+
+
+def _verdict(mean: float, up: str, down: str, neither: str) -> str:
+    return up if mean > NEGLIGIBLE else down if mean < -NEGLIGIBLE else neither
+
+
+def _stage_line(summary: dict) -> str:
+    stages = summary.get("stages", {})
+    return ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
+
+
+def report_markdown(summary: dict) -> str:
+    """``report.md``: setup, what held, then the tables behind it."""
+    cfg, configs = summary["config"], summary["configs"]
+    names = list(configs)
+    vit = cfg["vit"]
+    seeds = cfg["seeds"]
+    md = ["# dse_ext demo report", "",
+          f"Mode **{summary['mode']}**: {cfg['num_train']} train / {cfg['num_val']} val synthetic scenes "
+          f"({vit['img_size']} px, {(vit['img_size'] // vit['patch_size']) ** 2} patch tokens), a ViT (dim "
+          f"{vit['embed_dim']}, depth {vit['depth']}) pre-trained {cfg['epochs']} epochs per run at a "
+          f"{cfg['schedule']} learning rate {cfg['lr']:g}, seeds {', '.join(map(str, seeds))} per configuration; "
+          f"{summary['seconds']:.0f} s on {summary['machine']} ({_stage_line(summary)}).", ""]
+    if summary.get("reduced"):
+        md += [f"This mode is reduced against `dse demo --full`: {summary['reduced']}", ""]
+    md += ["Ground truth: val mIoU of a linear probe on frozen patch tokens, trained on the masks of "
+           f"{cfg['probe_train']} train images; the val masks are used only to measure. Label-free scores use the "
+           f"{cfg['num_val']} val images (no masks), computed by `dse score --scores "
+           "dse,rankme,dense_rankme,alpha_req,lidar`; τ and selections by `dse compare` "
+           "(`dse compare scores.csv --truth truth.csv --extra neg_train_loss` in this folder reproduces every "
+           "per-seed number; `per_seed.csv` lists them). Numbers are mean ± sample standard deviation over seeds.",
+           "", f"Definitions, fixed before the runs: a configuration **degrades** when its mean mIoU curve ends at "
+               f"least {DEGRADATION_DROP} below its peak and the peak is after the first {EARLY_FRACTION:.0%} of "
+               f"training; a score **beats** another when its mean τ is higher by more than {TAU_TIE}; a selection "
+               f"**gains** (the regularizer **helps**) when the mean mIoU change is above {NEGLIGIBLE}, and "
+               f"**loses** (**hurts**) below −{NEGLIGIBLE}.",
+           "", "![demo](demo.png)", "", "## What held", ""]
+    md += [f"- {line}" for line in findings(summary)]
+    md += ["", "## Dense degradation (mean mIoU curve over seeds)", "",
+           "| configuration | seeds | init | peak (epoch) | last | drop | per-seed drop | degraded |",
+           "|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        c = configs[n]
+        md.append(f"| {n} | {len(c['seeds'])} | {c['init_miou']:.3f} | {c['peak_miou']:.3f} ({c['peak_epoch']}) | "
+                  f"{c['last_miou']:.3f} | {c['drop']:+.3f} | {fmt_stats(c['seed_drop'], 3)} | "
+                  f"{'yes' if c['degraded'] else 'no'} |")
+    md += ["", "## Kendall τ of each score with mIoU", "", "| score | " + " | ".join(names) + " |",
+           "|---|" + "---|" * len(names)]
+    for score in SCORES:
+        md.append(f"| {SCORE_LABELS[score]} | " + " | ".join(fmt_stats(configs[n]["tau"][score]) for n in names) + " |")
+    md += ["", "## Selection: mIoU gain of each score's top local maximum over the last checkpoint", "",
+           "| score | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for score in SCORES:
+        if score == "epoch":
+            continue  # always selects the last checkpoint
+        md.append(f"| {SCORE_LABELS[score]} | " + " | ".join(fmt_stats(configs[n]["gain_vs_last"][score], 3)
+                                                             for n in names) + " |")
+    regs = summary.get("regularization", [])
+    if regs:
+        md += ["", "## The DSE regularizer (loss − β·DSE), paired by seed against the plain run", "",
+               "| configuration | β | last mIoU (plain → regularized) | Δ last | Δ peak | seeds better at the end |",
+               "|---|---|---|---|---|---|"]
+        for r in regs:
+            md.append(f"| {r['regularized']} | {r['beta']:g} | {r['last_miou'][0]:.3f} → {r['last_miou'][1]:.3f} | "
+                      f"{fmt_stats(r['last_change'], 3)} | {fmt_stats(r['peak_change'], 3)} | "
+                      f"{_agree(r['last_change']['values'])} |")
+    return "\n".join(md) + "\n"
+
+
+def console_table(summary: dict) -> str:
+    """A short text summary for the terminal."""
+    configs = summary["configs"]
+    names = list(configs)
+    width = max(14, *(len(n) + 2 for n in names))
+    lines = ["", "Kendall τ with val mIoU, mean ± std over seeds",
+             f"{'score':<20}" + "".join(f"{n:>{width}}" for n in names)]
+    for score in SCORES:
+        lines.append(f"{SCORE_LABELS[score]:<20}" + "".join(f"{fmt_stats(configs[n]['tau'][score]):>{width}}"
+                                                           for n in names))
+    lines += ["", "mean mIoU: init → peak (epoch) → last; DSE_λ selection gain over the last"]
+    for n in names:
+        c = configs[n]
+        lines.append(f"{n:<{width}} {c['init_miou']:.3f} → {c['peak_miou']:.3f} (ep {c['peak_epoch']}) → "
+                     f"{c['last_miou']:.3f}{'  degraded' if c['degraded'] else ''}; gain "
+                     f"{fmt_stats(c['gain_vs_last']['dse_lambda'], 3)}")
+    lines += ["", "What held:"] + [f"- {line.replace('**', '')}" for line in findings(summary)]
+    return "\n".join(lines)
+
+
+def plot_demo(path: str | Path, rows: list[dict], summary: dict) -> None:
+    """``demo.png``: per configuration, each seed's mIoU (thin) and the mean (thick) with DSE_λ
+    standardised per seed on a second axis and each seed's DSE_λ selection starred; a last panel
+    sets the mean mIoU curves of the plain and the regularized runs side by side."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    configs = summary["configs"]
+    names = list(configs)
+    regs = summary.get("regularization", [])
+    panels = len(names) + (1 if regs else 0)
+    fig = Figure(figsize=(4.0 * panels, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        c = configs[name]
+        twin = ax.twinx()
+        for seed in c["seeds"]:
+            run = [r for r in rows if r["run"] == name and r["seed"] == seed]
+            epochs = [r["epoch"] for r in run]
+            ax.plot(epochs, [r["miou"] for r in run], "-", color="tab:green", alpha=0.35, lw=1)
+            lam = [r["dse_lambda"] for r in run]
+            mu, sd = statistics.fmean(lam), statistics.pstdev(lam) or 1.0
+            twin.plot(epochs, [(v - mu) / sd for v in lam], "-", color="tab:purple", alpha=0.35, lw=1)
+            chosen = summary["trajectories"][f"{name}/seed{seed}"]["selected_epoch"]
+            hit = next(r for r in run if r["epoch"] == chosen)
+            ax.plot([chosen], [hit["miou"]], "*", color="tab:red", ms=10)
+        ax.plot(c["curve"]["epochs"], c["curve"]["mean"], "o-", color="tab:green", lw=2, ms=3, label="val mIoU")
+        ax.plot([], [], "-", color="tab:purple", label="DSE_λ (z-score, per seed)")
+        ax.plot([], [], "*", color="tab:red", ms=10, label="DSE_λ selection")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mIoU", color="tab:green")
+        twin.set_yticks([])
+        ax.set_title(f"{name}: τ(DSE_λ) {fmt_stats(c['tau']['dse_lambda'])}", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+    if regs:
+        ax = axes[-1]
+        shown = list(dict.fromkeys([r["plain"] for r in regs] + [r["regularized"] for r in regs]))
+        for name in shown:
+            c = configs[name]
+            ax.plot(c["curve"]["epochs"], c["curve"]["mean"], "-", lw=1.5, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean val mIoU")
+        ax.set_title("regularizer vs plain (mean over seeds)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
