@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run, numbers meaningless)")
     dm.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
     dm.add_argument("--seeds", type=_seed_list, help="training seeds, comma-separated (default: 0,1; --full 0,1,2)")
+    dm.add_argument("--workers", type=_int_at_least(1), help="runs side by side, one torch thread each (default: one "
+                                                             "per CPU core); 1 runs them here with progress bars")
     dm.add_argument("--no-progress", action="store_true")
 
     cm = sub.add_parser("compare", help="Kendall τ / Spearman ρ of every score with your downstream metric, and "
@@ -312,7 +314,7 @@ def _demo(args: argparse.Namespace) -> int:
     config = DemoConfig.full() if args.full else DemoConfig.quick() if args.quick else DemoConfig()
     if args.seeds is not None:
         config = replace(config, seeds=args.seeds)
-    run_demo(args.out, config, progress=not args.no_progress)
+    run_demo(args.out, config, progress=not args.no_progress, workers=args.workers)
     return 0
 
 

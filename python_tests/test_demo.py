@@ -187,7 +187,7 @@ def test_regularizer_effect_is_paired_by_seed_and_worded_with_its_spread():
     assert effect["peak_change"]["mean"] == pytest.approx(0.0)
     text = demo_report.findings({"configs": configs, "regularization": [effect]})
     line = next(t for t in text if t.startswith("The regularizer"))
-    assert "helps dino" in line and "better in 2 of 3 seeds" in line
+    assert "helps dino" in line and "2 up, 1 down of 3 seeds" in line
     # a negligible change is called so, not "helps"
     effect["last_change"] = demo_report.stats([0.001, 0.002, 0.0])
     line = next(t for t in demo_report.findings({"configs": configs, "regularization": [effect]})

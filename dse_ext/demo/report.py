@@ -70,10 +70,12 @@ def fmt_stats(s: dict | None, digits: int = 2, signed: bool = True) -> str:
     return text
 
 
-def _agree(values: Sequence, positive: bool = True) -> str:
+def _agree(values: Sequence) -> str:
+    """How many seeds moved by more than :data:`NEGLIGIBLE` either way: ``"2 up, 0 down of 3 seeds"``."""
     finite = _finite(values)
-    count = sum((v > 0) if positive else (v < 0) for v in finite)
-    return f"{count} of {len(finite)} seeds"
+    up = sum(v > NEGLIGIBLE for v in finite)
+    down = sum(v < -NEGLIGIBLE for v in finite)
+    return f"{up} up, {down} down of {len(finite)} seeds"
 
 
 def summarise_config(name: str, method: str, dse_weight: float, epochs: int,
@@ -174,14 +176,14 @@ def findings(summary: dict) -> list[str]:
         if g["mean"] is not None:
             verdict = _verdict(g["mean"], "gains", "loses", "neither gains nor loses")
             out.append(f"Selection by DSE_λ's top local maximum {verdict} on {name}: {fmt_stats(g, 3)} mIoU over the "
-                       f"last checkpoint (better in {_agree(g['values'])}); selected epochs {c['selected_epoch']}.")
+                       f"last checkpoint ({_agree(g['values'])}); selected epochs {c['selected_epoch']}.")
     for r in regs:
         ch, pk = r["last_change"], r["peak_change"]
         if ch["mean"] is None:
             continue
         verdict = _verdict(ch["mean"], "helps", "hurts", "has no measurable effect on")
         out.append(f"The regularizer at β = {r['beta']:g} {verdict} {r['plain']}: last-checkpoint mIoU "
-                   f"{fmt_stats(ch, 3)} against the plain run, paired by seed (better in {_agree(ch['values'])}); "
+                   f"{fmt_stats(ch, 3)} against the plain run, paired by seed ({_agree(ch['values'])}); "
                    f"peak mIoU {fmt_stats(pk, 3)}.")
     return out
 
@@ -206,7 +208,8 @@ def report_markdown(summary: dict) -> str:
           f"({vit['img_size']} px, {(vit['img_size'] // vit['patch_size']) ** 2} patch tokens), a ViT (dim "
           f"{vit['embed_dim']}, depth {vit['depth']}) pre-trained {cfg['epochs']} epochs per run at a "
           f"{cfg['schedule']} learning rate {cfg['lr']:g}, seeds {', '.join(map(str, seeds))} per configuration; "
-          f"{summary['seconds']:.0f} s on {summary['machine']} ({_stage_line(summary)}).", ""]
+          f"{summary['seconds']:.0f} s on {summary['machine']}, {summary.get('workers', 1)} run(s) side by side "
+          f"(summed over runs: {_stage_line(summary)}).", ""]
     if summary.get("reduced"):
         md += [f"This mode is reduced against `dse demo --full`: {summary['reduced']}", ""]
     md += ["Ground truth: val mIoU of a linear probe on frozen patch tokens, trained on the masks of "
@@ -244,7 +247,7 @@ def report_markdown(summary: dict) -> str:
     regs = summary.get("regularization", [])
     if regs:
         md += ["", "## The DSE regularizer (loss − β·DSE), paired by seed against the plain run", "",
-               "| configuration | β | last mIoU (plain → regularized) | Δ last | Δ peak | seeds better at the end |",
+               f"| configuration | β | last mIoU (plain → regularized) | Δ last | Δ peak | seeds (by more than {NEGLIGIBLE}) |",
                "|---|---|---|---|---|---|"]
         for r in regs:
             md.append(f"| {r['regularized']} | {r['beta']:g} | {r['last_miou'][0]:.3f} → {r['last_miou'][1]:.3f} | "

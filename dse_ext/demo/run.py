@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -213,12 +214,73 @@ def _trajectory(spec: RunSpec, seed: int) -> str:
     return f"{spec.name}/seed{seed}"
 
 
-def run_demo(out_dir: str | Path = "demo-out", config: DemoConfig | None = None, *, progress: bool = True) -> dict:
+def _train_config(config: DemoConfig, spec: RunSpec, seed: int) -> TrainConfig:
+    return TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                       warmup_epochs=config.warmup_epochs, schedule=config.schedule, save_every=config.save_every,
+                       dse_weight=spec.dse_weight, seed=seed)
+
+
+def run_trajectory(spec: RunSpec, seed: int, data, config: DemoConfig, out: Path, progress: bool = False
+                   ) -> tuple[list[dict], dict[str, float]]:
+    """Trains ``spec`` from ``seed`` into ``out/runs/<name>/seed<seed>/``, scores and probes every
+    checkpoint; returns its rows (one per checkpoint) and the seconds of each stage.
+
+    Runs on one torch thread (restored after), so that a trajectory's numbers do not depend on how
+    many run side by side: the same seed gives the same rows on a machine whatever ``workers``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        folder = out / "runs" / spec.name / f"seed{seed}"
+        seconds = {}
+        t0 = time.perf_counter()
+        checkpoints = train(spec.method, data.train_images, folder, _train_config(config, spec, seed), config.vit,
+                            progress=progress)
+        seconds["train"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scored = score_run(checkpoints, data, config, seed, folder / "scores.csv", progress)
+        seconds["score"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        by_file = {Path(r["checkpoint"]).resolve(): r for r in scored}
+        rows = []
+        for path in checkpoints:
+            row = {**by_file[path.resolve()], **probe_checkpoint(path, data, config, seed)}
+            row["checkpoint"] = path.relative_to(out).as_posix()  # the tables name files inside out_dir
+            row["separability"] = row["m_inter"] - row["m_intra"]
+            rows.append({"run": spec.name, "method": spec.method, "seed": seed, "regularizer": spec.dse_weight,
+                         "trajectory": _trajectory(spec, seed), **row})
+        seconds["probe"] = time.perf_counter() - t0
+        return rows, seconds
+    finally:
+        torch.set_num_threads(threads)
+
+
+_WORKER_DATA = None
+
+
+def _worker_init(data) -> None:
+    global _WORKER_DATA
+    _WORKER_DATA = data
+
+
+def _worker_run(spec: RunSpec, seed: int, config: DemoConfig, out: Path):
+    return run_trajectory(spec, seed, _WORKER_DATA, config, out)
+
+
+def default_workers(jobs: int) -> int:
+    """Trajectories run side by side: one per CPU core (each on one thread), at most ``jobs``."""
+    return max(1, min(jobs, os.cpu_count() or 1))
+
+
+def run_demo(out_dir: str | Path = "demo-out", config: DemoConfig | None = None, *, progress: bool = True,
+             workers: int | None = None) -> dict:
     """Runs the whole demo into ``out_dir``; returns the summary (also in ``summary.json``).
 
     Every configuration of ``config.runs`` is trained from every seed of ``config.seeds`` into
-    ``out_dir/runs/<name>/seed<seed>/``; the elapsed time and its split by stage (data, train,
-    score, probe, report) are printed and stored in the summary.
+    ``out_dir/runs/<name>/seed<seed>/``, ``workers`` trajectories side by side in worker processes
+    (default :func:`default_workers`: one per core), each on one torch thread; 1 runs them here,
+    one after the other, with progress bars. The elapsed time and its split by stage (data,
+    train, score, probe, report; the middle three summed over the trajectories) are printed and
+    stored in the summary.
     """
     config = config or DemoConfig()
     config.validate()
@@ -227,54 +289,54 @@ def run_demo(out_dir: str | Path = "demo-out", config: DemoConfig | None = None,
     started = time.perf_counter()
     stages = {"data": 0.0, "train": 0.0, "score": 0.0, "probe": 0.0, "report": 0.0}
     log = _Log(progress)
-    total_runs = len(config.runs) * len(config.seeds)
-    log(f"demo ({config.mode}): {len(config.runs)} configuration(s) × {len(config.seeds)} seed(s) = {total_runs} runs "
-        f"of {config.epochs} epochs; {config.num_train} train + {config.num_val} val scenes, "
+    jobs = [(spec, seed) for spec in config.runs for seed in config.seeds]
+    workers = default_workers(len(jobs)) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    log(f"demo ({config.mode}): {len(config.runs)} configuration(s) × {len(config.seeds)} seed(s) = {len(jobs)} runs "
+        f"of {config.epochs} epochs, {workers} side by side; {config.num_train} train + {config.num_val} val scenes, "
         f"{config.vit.img_size} px, {config.vit.num_patches} patch tokens")
     t0 = time.perf_counter()
     data = make_dataset(config.num_train, config.num_val, size=config.vit.img_size, seed=config.data_seed)
     save_examples(data, out / "examples.png")
     stages["data"] += time.perf_counter() - t0
-    all_rows: list[dict] = []
-    train_seconds: dict[str, float] = {}
-    done = 0
-    for spec in config.runs:
-        for seed in config.seeds:
-            done += 1
-            folder = out / "runs" / spec.name / f"seed{seed}"
-            log(f"[{done}/{total_runs}] pre-training {spec.name} seed {seed} ({spec.method}"
-                f"{f', β = {spec.dse_weight:g}' if spec.dse_weight else ''}, {config.epochs} epochs)  "
-                f"{time.perf_counter() - started:.0f} s elapsed")
-            t0 = time.perf_counter()
-            checkpoints = train(spec.method, data.train_images, folder,
-                                TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                                            warmup_epochs=config.warmup_epochs, schedule=config.schedule,
-                                            save_every=config.save_every, dse_weight=spec.dse_weight, seed=seed),
-                                config.vit, progress=progress)
-            train_seconds[_trajectory(spec, seed)] = round(time.perf_counter() - t0, 1)
-            stages["train"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            scored = score_run(checkpoints, data, config, seed, folder / "scores.csv", progress)
-            stages["score"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            by_file = {Path(r["checkpoint"]).resolve(): r for r in scored}
-            for path in log.bar(checkpoints, f"probing {spec.name} seed {seed}"):
-                row = {**by_file[path.resolve()], **probe_checkpoint(path, data, config, seed)}
-                row["checkpoint"] = path.relative_to(out).as_posix()  # the tables name files inside out_dir
-                row["separability"] = row["m_inter"] - row["m_intra"]
-                all_rows.append({"run": spec.name, "method": spec.method, "seed": seed,
-                                 "regularizer": spec.dse_weight, "trajectory": _trajectory(spec, seed), **row})
-            stages["probe"] += time.perf_counter() - t0
+    results: dict[tuple, tuple] = {}
+
+    def finished(job, result) -> None:
+        results[job] = result
+        spec, seed = job
+        took = ", ".join(f"{k} {v:.0f} s" for k, v in result[1].items())
+        log(f"[{len(results)}/{len(jobs)}] {spec.name} seed {seed} done ({took}); "
+            f"{time.perf_counter() - started:.0f} s elapsed")
+
+    if workers == 1:
+        for job in jobs:
+            log(f"pre-training {job[0].name} seed {job[1]} ({config.epochs} epochs)")
+            finished(job, run_trajectory(*job, data, config, out, progress))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(data,)) as pool:
+            futures = {pool.submit(_worker_run, *job, config, out): job for job in jobs}
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
+    all_rows = [row for job in jobs for row in results[job][0]]  # in configuration, then seed order
+    for _, seconds in results.values():
+        for stage, value in seconds.items():
+            stages[stage] += value
     t0 = time.perf_counter()
     summary = summarise(all_rows, config)
-    summary["train_seconds"] = train_seconds
+    summary["workers"] = workers
+    summary["train_seconds"] = {_trajectory(*job): round(results[job][1]["train"], 1) for job in jobs}
     _write_comparison_inputs(out, all_rows)
     stages["report"] += time.perf_counter() - t0
     summary["stages"] = {k: round(v, 1) for k, v in stages.items()}
     summary["seconds"] = round(time.perf_counter() - started, 1)
     _write_outputs(out, all_rows, summary)
     log(_report.console_table(summary))
-    log(f"report: {out / 'report.md'}  ({summary['seconds']:.0f} s: "
+    log(f"report: {out / 'report.md'}  ({summary['seconds']:.0f} s with {workers} worker(s); summed over runs: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in summary["stages"].items()) + ")")
     return summary
 
@@ -315,13 +377,6 @@ class _Log:
     def __call__(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    def bar(self, items, desc: str):
-        if not self.progress:
-            return items
-        from tqdm.auto import tqdm
-
-        return tqdm(items, desc=desc, unit="ckpt", file=sys.stderr, leave=False)
-
 
 _SCORE_TABLE_COLUMNS = {"checkpoint", "epoch", "step", "run", "num_images", "seconds", "settings", "file", "file_size",
                         "file_mtime_ns", "dse", "m_inter", "m_intra", "m_intra_image", "m_intra_batch", "m_dim",
@@ -354,7 +409,7 @@ def _jsonable(obj):
 
 
 def _machine() -> str:
-    return (f"{platform.machine()}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
             f"torch {torch.__version__}")
 
 
