@@ -36,7 +36,7 @@ def test_augment_is_seeded_and_normalized(gen):
     assert -2.2 < a.min() and a.max() < 2.7  # ImageNet-normalized range
 
 
-@pytest.mark.parametrize("method", ["dino", "mocov3"])
+@pytest.mark.parametrize("method", ["dino", "ibot", "mocov3"])
 def test_training_is_seeded_leaves_the_global_rng_and_writes_loadable_checkpoints(tmp_path, gen, method):
     images = torch.randint(0, 256, (32, 3, 64, 64), generator=gen, dtype=torch.uint8)
     config = ssl.TrainConfig(epochs=1, batch_size=16, save_every=1, seed=3)
@@ -47,12 +47,12 @@ def test_training_is_seeded_leaves_the_global_rng_and_writes_loadable_checkpoint
     assert [p.name for p in first] == ["checkpoint0000.pth", "checkpoint0001.pth"]
     a, b = torch.load(first[-1]), torch.load(second[-1])
     assert a["train_loss"] == b["train_loss"] and torch.isfinite(torch.tensor(a["train_loss"]))
-    key = "teacher" if method == "dino" else "state_dict"
+    key = "state_dict" if method == "mocov3" else "teacher"
     assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
     # The backbone loads back through the library's layout detection.
     backbone = ssl.make_vit()
     report = load_weights(backbone, first[-1])
-    assert report.ok and report.prefix == ("backbone." if method == "dino" else "module.base_encoder.")
+    assert report.ok and report.prefix == ("module.base_encoder." if method == "mocov3" else "backbone.")
     init = torch.load(first[0])
     assert not torch.equal(init[key][report.prefix + "pos_embed"], a[key][report.prefix + "pos_embed"])
 
@@ -242,3 +242,48 @@ def test_constant_schedule_keeps_the_learning_rate_after_warm_up(tmp_path, gen):
         seen[schedule] = lrs
     assert seen["constant"][:2] == pytest.approx([5e-4, 1e-3]) and seen["constant"][2:] == pytest.approx([1e-3] * 6)
     assert seen["cosine"][1] == pytest.approx(1e-3) and seen["cosine"][-1] < 1e-4
+
+
+def test_multi_crop_views_and_the_dino_loss_over_them(gen):
+    images = torch.randint(0, 256, (4, 3, 64, 64), generator=gen, dtype=torch.uint8)
+    views = ssl.multi_crop(images, torch.Generator().manual_seed(1), 3)
+    assert [tuple(v.shape) for v in views] == [(4, 3, 64, 64)] * 2 + [(4, 3, 32, 32)] * 3
+    # the two global views are what two_views draws first from the same generator
+    first = ssl.two_views(images, torch.Generator().manual_seed(1))
+    assert torch.equal(views[0], first[0]) and torch.equal(views[1], first[1])
+    model = ssl.DINO(ssl.make_vit(ssl.ViTConfig(embed_dim=32, depth=1, num_heads=2)), torch.Generator().manual_seed(0))
+    loss_global, patches = model(views[:2])
+    model.center.zero_()
+    loss_all, patches_all = model(views)
+    assert patches.shape == patches_all.shape == (8, 64, 32)  # the regularizer sees the global views only
+    assert torch.isfinite(loss_all) and loss_all.item() != pytest.approx(loss_global.item())
+    loss_all.backward()
+    assert model.student.patch_embed.proj.weight.grad is not None
+
+
+def test_ibot_masks_patches_and_adds_a_patch_loss(gen):
+    vit = ssl.ViTConfig(embed_dim=32, depth=1, num_heads=2)
+    images = torch.randint(0, 256, (4, 3, 64, 64), generator=gen, dtype=torch.uint8)
+    views = ssl.two_views(images, torch.Generator().manual_seed(2))
+    backbone = ssl.make_vit(vit)
+    x = torch.cat(views)
+    none = torch.zeros(8, 64, dtype=torch.bool)
+    token = torch.full((32,), 3.0)
+    assert torch.equal(ssl._masked_features(backbone, x, none, token), backbone.forward_features(x))
+    some = none.clone()
+    some[0, :10] = True
+    masked = ssl._masked_features(backbone, x, some, token)
+    assert not torch.equal(masked[0], backbone.forward_features(x)[0])
+    assert torch.equal(masked[1:], backbone.forward_features(x)[1:])  # other images untouched
+    # without masks iBOT is DINO: same init from the same generator, same loss
+    dino = ssl.DINO(ssl.make_vit(vit, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
+    ibot = ssl.IBOT(ssl.make_vit(vit, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1),
+                    mask_fraction=0.0)
+    assert ibot(views)[0].item() == pytest.approx(dino(views)[0].item(), rel=1e-6)
+    # with masks the patch loss is added and trains the mask token
+    ibot = ssl.IBOT(ssl.make_vit(vit, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1),
+                    mask_fraction=1.0)
+    loss, patches = ibot(views)
+    assert patches.shape == (8, 64, 32) and loss.item() > dino(views)[0].item()
+    loss.backward()
+    assert ibot.mask_token.grad is not None and ibot.mask_token.grad.abs().sum() > 0

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..images import normalize
 
-__all__ = ["ViTConfig", "make_vit", "two_views", "DINO", "MoCoV3", "train", "METHODS"]
+__all__ = ["ViTConfig", "make_vit", "two_views", "multi_crop", "DINO", "IBOT", "MoCoV3", "train", "METHODS"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def make_vit(config: ViTConfig = ViTConfig(), generator: torch.Generator | None 
     with torch.random.fork_rng(devices=[]):
         model = VisionTransformer(img_size=config.img_size, patch_size=config.patch_size, num_classes=0,
                                   embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads,
-                                  mlp_ratio=config.mlp_ratio)
+                                  mlp_ratio=config.mlp_ratio, dynamic_img_size=True)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -75,23 +75,25 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g)
 
 
-def augment(images: torch.Tensor, g: torch.Generator, *, min_scale: float = 0.35) -> torch.Tensor:
-    """One random view per image: resized crop (area ``min_scale``–1), flip, colour jitter (brightness,
-    contrast, saturation and a hue rotation), grayscale.
+def augment(images: torch.Tensor, g: torch.Generator, *, min_scale: float = 0.35, max_scale: float = 1.0,
+            size: int | None = None) -> torch.Tensor:
+    """One random view per image: resized crop (area ``min_scale``–``max_scale`` of the image),
+    flip, colour jitter (brightness, contrast, saturation and a hue rotation), grayscale.
 
-    images: uint8 ``(B, 3, S, S)``; returns float32 ``(B, 3, S, S)`` normalized with the ImageNet
-    mean/std. All randomness comes from ``g``.
+    images: uint8 ``(B, 3, S, S)``; returns float32 ``(B, 3, size, size)`` (``size`` defaults to S)
+    normalized with the ImageNet mean/std. All randomness comes from ``g``.
     """
     x = images.float() / 255.0
     B = x.shape[0]
-    scale = _uniform(B, min_scale, 1.0, g).sqrt()              # side fraction
+    out_size = size or x.shape[-1]
+    scale = _uniform(B, min_scale, max_scale, g).sqrt()        # side fraction
     aspect = torch.exp(_uniform(B, math.log(3 / 4), math.log(4 / 3), g))
     sx, sy = (scale * aspect.sqrt()).clamp(max=1.0), (scale / aspect.sqrt()).clamp(max=1.0)
     tx, ty = (1 - sx) * _uniform(B, -1, 1, g), (1 - sy) * _uniform(B, -1, 1, g)
     flip = torch.where(torch.rand(B, generator=g) < 0.5, -1.0, 1.0)
     theta = torch.zeros(B, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx * flip, tx, sy, ty
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta, [B, 3, out_size, out_size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     jitter = torch.rand(B, generator=g) < 0.8
     brightness = torch.where(jitter, _uniform(B, 0.6, 1.4, g), 1.0).view(B, 1, 1, 1)
@@ -124,6 +126,17 @@ def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
 
 def two_views(images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return augment(images, g), augment(images, g)
+
+
+LOCAL_SCALE = (0.05, 0.3)  # area of a local crop (DINO's multi-crop), drawn at half the image side
+
+
+def multi_crop(images: torch.Tensor, g: torch.Generator, local_crops: int) -> tuple[torch.Tensor, ...]:
+    """Two global views (:func:`two_views`) and ``local_crops`` local ones: crops of 5–30 % of
+    the area at half the image size (``(B, 3, S/2, S/2)``), as DINO's multi-crop."""
+    size = images.shape[-1] // 2
+    return two_views(images, g) + tuple(augment(images, g, min_scale=LOCAL_SCALE[0], max_scale=LOCAL_SCALE[1],
+                                                size=size) for _ in range(local_crops))
 
 
 def _mlp(sizes: list[int], batch_norm: bool, last_bn: bool = False) -> nn.Sequential:
@@ -211,20 +224,24 @@ class DINO(nn.Module):
     def _head(self, cls: torch.Tensor, head: nn.Module, protos: nn.Module) -> torch.Tensor:
         return protos(F.normalize(head(cls), dim=-1))
 
-    def forward(self, views: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (loss, student patch tokens of both views (2B, N, d))."""
-        x = torch.cat(views)
+    def forward(self, views: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``views``: two global views, then any local ones (:func:`multi_crop`). The teacher sees
+        the global views; each of its outputs is the target of every student view but its own.
+        Returns (loss, student patch tokens of the two global views (2B, N, d))."""
+        x = torch.cat(views[:2])
         cls, patches = _tokens(self.student, x, self.pool)
-        student = self._head(cls, self.student_head, self.prototypes) / self.student_temp
+        student = list(self._head(cls, self.student_head, self.prototypes).chunk(2))
+        for local in views[2:]:
+            local_cls, _ = _tokens(self.student, local, self.pool)
+            student.append(self._head(local_cls, self.student_head, self.prototypes))
         with torch.no_grad():
             t_cls, _ = _tokens(self.teacher, x, self.pool)
             teacher_logits = self._head(t_cls, self.teacher_head, self.teacher_prototypes)
-            teacher = F.softmax((teacher_logits - self.center) / self.teacher_temp, dim=-1)
+            teacher = F.softmax((teacher_logits - self.center) / self.teacher_temp, dim=-1).chunk(2)
             self.center.mul_(self.center_momentum).add_(teacher_logits.mean(0), alpha=1 - self.center_momentum)
-        s1, s2 = student.chunk(2)
-        t1, t2 = teacher.chunk(2)
-        loss = 0.5 * (-(t2 * F.log_softmax(s1, -1)).sum(-1).mean() - (t1 * F.log_softmax(s2, -1)).sum(-1).mean())
-        return loss, patches
+        terms = [-(t * F.log_softmax(s / self.student_temp, -1)).sum(-1).mean()
+                 for i, t in enumerate(teacher) for j, s in enumerate(student) if i != j]
+        return sum(terms) / len(terms), patches
 
     def after_step(self, progress: float) -> None:
         """EMA update of the teacher (momentum by :func:`_momentum`)."""
@@ -237,6 +254,74 @@ class DINO(nn.Module):
         return {"teacher": {f"backbone.{k}": v.clone() for k, v in self.teacher.state_dict().items()},
                 "student": {f"module.backbone.{k}": v.clone() for k, v in self.student.state_dict().items()},
                 "epoch": epoch, "train_loss": loss}
+
+
+def _masked_features(backbone: nn.Module, x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
+    """``backbone.forward_features(x)`` with the patch embeddings where ``mask`` (B, N) is True
+    replaced by ``mask_token`` (d,) before the position embedding, as iBOT and BEiT do."""
+    tokens = backbone.patch_embed(x)                       # (B, h, w, d) with dynamic_img_size, else (B, N, d)
+    tokens = torch.where(mask.view(*tokens.shape[:-1], 1), mask_token.to(tokens.dtype), tokens)
+    tokens = backbone.norm_pre(backbone.patch_drop(backbone._pos_embed(tokens)))
+    return backbone.norm(backbone.blocks(tokens))
+
+
+class IBOT(DINO):
+    """DINO plus iBOT's masked patch self-distillation (Zhou et al. 2022), scaled down.
+
+    In each global view of half the images (``mask_fraction``), a random ``mask_ratio`` share of
+    the patches is replaced by a learned mask token in the student; at those positions the
+    student's patch tokens, through the shared head, match the teacher's centred and sharpened
+    patch outputs of the unmasked view. The loss is the class-token DINO loss plus
+    ``patch_weight`` times the patch loss.
+    """
+
+    family = "self-distillation, masked patches"
+
+    def __init__(self, backbone: nn.Module, g: torch.Generator, *, mask_ratio: tuple[float, float] = (0.1, 0.5),
+                 mask_fraction: float = 0.5, patch_weight: float = 1.0, **kwargs):
+        super().__init__(backbone, g, **kwargs)
+        self.mask_token = nn.Parameter(torch.zeros(backbone.embed_dim))
+        self.register_buffer("patch_center", torch.zeros_like(self.center))
+        self.mask_ratio, self.mask_fraction, self.patch_weight = mask_ratio, mask_fraction, patch_weight
+        self._generator = g
+
+    def _mask(self, batch: int, tokens: int) -> torch.Tensor:
+        g = self._generator
+        ratio = self.mask_ratio[0] + (self.mask_ratio[1] - self.mask_ratio[0]) * torch.rand(batch, 1, generator=g)
+        masked = torch.rand(batch, tokens, generator=g) < ratio
+        return masked & (torch.rand(batch, 1, generator=g) < self.mask_fraction)
+
+    def forward(self, views: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (DINO loss + patch loss, student patch tokens of the two masked global views (2B, N, d))."""
+        x = torch.cat(views[:2])
+        n = self.student.patch_embed.num_patches
+        mask = self._mask(x.shape[0], n)
+        out = _masked_features(self.student, x, mask, self.mask_token)
+        cls, patches = (out[:, 0] if self.pool == "cls" else out[:, self.student.num_prefix_tokens:].mean(1)), \
+            out[:, self.student.num_prefix_tokens:]
+        student = list(self._head(cls, self.student_head, self.prototypes).chunk(2))
+        for local in views[2:]:
+            local_cls, _ = _tokens(self.student, local, self.pool)
+            student.append(self._head(local_cls, self.student_head, self.prototypes))
+        student_patches = self._head(patches, self.student_head, self.prototypes)        # (2B, N, K)
+        with torch.no_grad():
+            t_out = self.teacher.forward_features(x)
+            t_cls = t_out[:, 0] if self.pool == "cls" else t_out[:, self.teacher.num_prefix_tokens:].mean(1)
+            teacher_logits = self._head(t_cls, self.teacher_head, self.teacher_prototypes)
+            teacher = F.softmax((teacher_logits - self.center) / self.teacher_temp, dim=-1).chunk(2)
+            self.center.mul_(self.center_momentum).add_(teacher_logits.mean(0), alpha=1 - self.center_momentum)
+            t_patch_logits = self._head(t_out[:, self.teacher.num_prefix_tokens:], self.teacher_head,
+                                        self.teacher_prototypes)
+            t_patches = F.softmax((t_patch_logits - self.patch_center) / self.teacher_temp, dim=-1)
+            self.patch_center.mul_(self.center_momentum).add_(t_patch_logits.mean((0, 1)),
+                                                              alpha=1 - self.center_momentum)
+        terms = [-(t * F.log_softmax(s / self.student_temp, -1)).sum(-1).mean()
+                 for i, t in enumerate(teacher) for j, s in enumerate(student) if i != j]
+        loss = sum(terms) / len(terms)
+        if bool(mask.any()):
+            ce = -(t_patches * F.log_softmax(student_patches / self.student_temp, -1)).sum(-1)   # (2B, N)
+            loss = loss + self.patch_weight * (ce * mask).sum() / mask.sum()
+        return loss, patches
 
 
 class MoCoV3(nn.Module):
@@ -283,7 +368,7 @@ class MoCoV3(nn.Module):
         return {"state_dict": {**base, **mom}, "epoch": epoch, "train_loss": loss}
 
 
-METHODS: dict[str, type] = {"dino": DINO, "mocov3": MoCoV3}
+METHODS: dict[str, type] = {"dino": DINO, "ibot": IBOT, "mocov3": MoCoV3}
 
 
 @dataclass
@@ -295,6 +380,7 @@ class TrainConfig:
     warmup_epochs: int = 2
     schedule: str = "cosine"       # after the warm-up: "cosine" (LR to 0, EMA momentum to 1) or "constant" (both kept)
     pool: str = "cls"              # the image embedding the objective sees: "cls" token or "mean" of patch tokens
+    local_crops: int = 0           # DINO's multi-crop: local views per image besides the two global ones
     save_every: int = 3
     dse_weight: float = 0.0        # β of loss − β·DSE on the student's patch tokens (0: off)
     seed: int = 0
@@ -343,7 +429,8 @@ def train(method: str, images: torch.Tensor, out_dir: str | Path, config: TrainC
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = images[order[b * config.batch_size:(b + 1) * config.batch_size]]
-            loss, patches = model(two_views(batch, g))
+            loss, patches = model(multi_crop(batch, g, config.local_crops) if config.local_crops else
+                                  two_views(batch, g))
             total_loss = loss + regularizer(patches) if regularizer is not None else loss
             optimizer.zero_grad(set_to_none=True)
             total_loss.backward()
