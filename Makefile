@@ -9,7 +9,7 @@ BUILD_DEPS := scikit-build-core pybind11 ninja "cmake>=3.26,<4"
 TEST_DEPS := pytest numpy timm scipy matplotlib lightning tensorboard transformers
 CPP_BUILD := build/cpp
 
-.PHONY: all venv install demo demo-quick test test-python test-cpp test-oldest-torch bench bench-regularizer bench-scores clean
+.PHONY: all venv install demo demo-full demo-quick test test-python test-cpp test-oldest-torch bench bench-regularizer bench-scores clean
 
 all: install
 
@@ -75,6 +75,10 @@ test-oldest-torch: $(OLD_VENV)/.deps
 # The end-to-end demo (README): synthetic data, SSL runs, label-free scores vs. probe mIoU.
 demo: install
 	$(VENV)/bin/dse demo --out demo-out
+
+# The committed run in docs/demo/: 3 seeds, MoCo v3 and a beta sweep (about 32 min on 2 cores).
+demo-full: install
+	$(VENV)/bin/dse demo --full --out demo-out-full
 
 demo-quick: install
 	$(VENV)/bin/dse demo --quick --out demo-out-quick

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 __all__ = ["SCORES", "SCORE_LABELS", "BASELINES", "DEGRADATION_DROP", "EARLY_FRACTION", "NEGLIGIBLE", "stats", "fmt_stats",
-           "summarise_config", "summarise_regularization", "findings", "report_markdown", "console_table",
+           "summarise_config", "summarise_regularization", "findings", "tau_table", "report_markdown", "console_table",
            "plot_demo"]
 
 # What the report compares, with how each enters Kendall τ (higher = predicted better).
@@ -197,6 +197,17 @@ def _stage_line(summary: dict) -> str:
     return ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
 
 
+def tau_table(summary: dict) -> str:
+    """The headline table (markdown): Kendall τ of each score with mIoU, mean ± std over seeds,
+    one column per configuration. The README shows the committed run's."""
+    names = list(summary["configs"])
+    lines = ["| Kendall τ with val mIoU | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for score in SCORES:
+        lines.append(f"| {SCORE_LABELS[score]} | " + " | ".join(fmt_stats(summary["configs"][n]["tau"][score])
+                                                            for n in names) + " |")
+    return "\n".join(lines)
+
+
 def report_markdown(summary: dict) -> str:
     """``report.md``: setup, what held, then the tables behind it."""
     cfg, configs = summary["config"], summary["configs"]
@@ -233,10 +244,7 @@ def report_markdown(summary: dict) -> str:
         md.append(f"| {n} | {len(c['seeds'])} | {c['init_miou']:.3f} | {c['peak_miou']:.3f} ({c['peak_epoch']}) | "
                   f"{c['last_miou']:.3f} | {c['drop']:+.3f} | {fmt_stats(c['seed_drop'], 3)} | "
                   f"{'yes' if c['degraded'] else 'no'} |")
-    md += ["", "## Kendall τ of each score with mIoU", "", "| score | " + " | ".join(names) + " |",
-           "|---|" + "---|" * len(names)]
-    for score in SCORES:
-        md.append(f"| {SCORE_LABELS[score]} | " + " | ".join(fmt_stats(configs[n]["tau"][score]) for n in names) + " |")
+    md += ["", "## Kendall τ of each score with mIoU", "", tau_table(summary)]
     md += ["", "## Selection: mIoU gain of each score's top local maximum over the last checkpoint", "",
            "| score | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for score in SCORES:
@@ -287,9 +295,14 @@ def plot_demo(path: str | Path, rows: list[dict], summary: dict) -> None:
     names = list(configs)
     regs = summary.get("regularization", [])
     panels = len(names) + (1 if regs else 0)
-    fig = Figure(figsize=(4.0 * panels, 3.6), layout="constrained")
+    cols = min(3, panels)
+    rows_ = math.ceil(panels / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows_), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, panels, squeeze=False)[0]
+    axes = list(fig.subplots(rows_, cols, squeeze=False).flat)
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    axes = axes[:panels]
     for ax, name in zip(axes, names):
         c = configs[name]
         twin = ax.twinx()
