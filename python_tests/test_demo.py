@@ -122,6 +122,7 @@ def test_demo_configurations():
     assert len({r.dse_weight for r in full.runs if r.dse_weight}) >= 2  # a β sweep
     assert RunSpec("dino", 1e-3) in default.runs and RunSpec("dino") in default.runs
     assert full.reduced() is None and default.reduced()  # the default says what it leaves out
+    assert "1 seed per configuration instead of 3" in default.reduced()
     # the modes train the same regime: only seeds, configurations (and nothing else) differ
     assert (default.epochs, default.lr, default.schedule, default.vit) == (full.epochs, full.lr, full.schedule, full.vit)
     with pytest.raises(ValueError, match="distinct"):

@@ -128,6 +128,34 @@ def test_colour_does_not_identify_the_class(data):
     assert accuracy < 0.5, accuracy
 
 
+def _nearest_mean_accuracy(train: DenseDataset, val: DenseDataset) -> float:
+    """Accuracy of a nearest-class-mean classifier on per-object mean colours (fit on train, scored on val)."""
+    def mean_colours(images, masks):
+        rs = regions(images, masks)
+        return torch.stack([p.mean(1) for _, _, p in rs]), torch.tensor([c for _, c, _ in rs])
+
+    colours, labels = mean_colours(train.train_images, train.train_masks)
+    class_means = torch.stack([colours[labels == c].mean(0) for c in range(1, NUM_CLASSES + 1)])
+    val_colours, val_labels = mean_colours(val.val_images, val.val_masks)
+    return float(((torch.cdist(val_colours, class_means).argmin(1) + 1) == val_labels).float().mean())
+
+
+def test_class_colour_makes_colour_a_class_cue_and_changes_nothing_else(data):
+    tinted = make_dataset(200, 200, size=64, num_classes=NUM_CLASSES, class_colour=0.5, seed=0)
+    # the same scenes: same masks, same background pixels; only the objects' colours move
+    assert torch.equal(tinted.train_masks, data.train_masks) and torch.equal(tinted.val_masks, data.val_masks)
+    background = (data.train_masks == 0).unsqueeze(1).expand_as(data.train_images)
+    assert torch.equal(tinted.train_images[background], data.train_images[background])
+    assert not torch.equal(tinted.train_images, data.train_images)
+    # 0 is the default exactly; colour now gives the class away (chance is 0.2)
+    assert torch.equal(make_dataset(20, 5, seed=0, class_colour=0.0).train_images, make_dataset(20, 5, seed=0).train_images)
+    assert _nearest_mean_accuracy(data, data) < 0.5
+    assert _nearest_mean_accuracy(tinted, tinted) > 0.8
+    for bad in (-0.1, 1.5, float("nan"), "0.5"):
+        with pytest.raises(ValueError, match="class_colour"):
+            make_dataset(2, 2, class_colour=bad)
+
+
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="num_classes"):
         make_dataset(2, 2, num_classes=len(CLASS_SPECS) + 1)

@@ -18,9 +18,12 @@ class  shape      texture (second colour, random phase)
 8      half-disc  concentric circles, period 3–5 px
 =====  =========  =====================================
 
-``num_classes`` object classes use the first rows of this table (at most 8). Colour carries no
-class information: an object's first colour is uniform in RGB and its second colour is the first
-shifted by 0.35–0.65 per channel (mod 1), whatever the class. Objects are 14–32 px across,
+``num_classes`` object classes use the first rows of this table (at most 8). An object's first
+colour is uniform in RGB and its second colour is the first shifted by 0.35–0.65 per channel
+(mod 1), whatever the class. With ``class_colour = 0`` (the default) colour carries no class
+information; with ``class_colour = t > 0`` both colours are blended towards the class's own colour
+(:data:`CLASS_COLOURS`), ``(1 − t)·colour + t·class colour``, so colour becomes a class cue as in
+natural images (grass is green) — one that colour augmentations teach an encoder to discard. Objects are 14–32 px across,
 rotated by up to ±15°, with the centre anywhere at least a third of the radius inside the image
 (so objects may be cut by the border and overlap each other).
 
@@ -37,7 +40,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DenseDataset", "CLASS_SPECS", "make_dataset", "render_scene", "colour_masks", "save_examples"]
+__all__ = ["DenseDataset", "CLASS_SPECS", "CLASS_COLOURS", "make_dataset", "render_scene", "colour_masks", "save_examples"]
 
 # (name, shape, texture, texture period range in px) per object class, in label order 1, 2, ...
 CLASS_SPECS: tuple[tuple[str, str, str, tuple[float, float]], ...] = (
@@ -50,6 +53,10 @@ CLASS_SPECS: tuple[tuple[str, str, str, tuple[float, float]], ...] = (
     ("bar/grid", "bar", "grid", (4.0, 6.0)),
     ("half-disc/circles", "half_disc", "circles", (3.0, 5.0)),
 )
+
+# The colour of each object class (labels 1..8), towards which ``class_colour`` blends its objects.
+CLASS_COLOURS = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.2, 1.0], [1.0, 0.9, 0.1],
+                              [0.9, 0.1, 0.9], [0.1, 0.9, 0.9], [1.0, 0.55, 0.1], [0.55, 0.35, 0.2]])
 
 _OBJECT_SIZE = (14.0, 32.0)       # object diameter in px
 _MAX_ROTATION = math.radians(15)  # shapes and textures are rotated by up to this, either way
@@ -79,8 +86,12 @@ class DenseDataset:
 
 
 def make_dataset(num_train: int = 1000, num_val: int = 200, *, size: int = 64, num_classes: int = 5,
-                 seed: int = 0) -> DenseDataset:
+                 class_colour: float = 0.0, seed: int = 0) -> DenseDataset:
     """Render ``num_train`` + ``num_val`` scenes of ``size`` × ``size`` px with ``num_classes`` object classes.
+
+    ``class_colour`` in [0, 1]: how far each object's colours are blended towards its class's
+    colour (module docstring); 0 leaves colour free of class information. It draws nothing from
+    the generators, so the scenes differ only in their objects' colours across values.
 
     The train split is drawn from a generator seeded with ``2 * seed`` and the val split from one
     seeded with ``2 * seed + 1``, so the splits are independent streams, the train split does not
@@ -89,8 +100,9 @@ def make_dataset(num_train: int = 1000, num_val: int = 200, *, size: int = 64, n
     if num_train < 0 or num_val < 0:
         raise ValueError(f"num_train and num_val must be >= 0, got {num_train} and {num_val}")
     _check_size(size, num_classes)
-    train_images, train_masks = _render_many(num_train, size, num_classes, 2 * seed)
-    val_images, val_masks = _render_many(num_val, size, num_classes, 2 * seed + 1)
+    _check_class_colour(class_colour)
+    train_images, train_masks = _render_many(num_train, size, num_classes, 2 * seed, class_colour)
+    val_images, val_masks = _render_many(num_val, size, num_classes, 2 * seed + 1, class_colour)
     names = ("background",) + tuple(spec[0] for spec in CLASS_SPECS[:num_classes])
     return DenseDataset(train_images, train_masks, val_images, val_masks, names, seed)
 
@@ -102,28 +114,38 @@ def _check_size(size: int, num_classes: int) -> None:
         raise ValueError(f"size must be at least 16 px, got {size}")
 
 
-def _render_many(count: int, size: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_class_colour(class_colour: float) -> None:
+    if not (isinstance(class_colour, (int, float)) and 0.0 <= class_colour <= 1.0):
+        raise ValueError(f"class_colour must be a number in [0, 1] (0: colour carries no class information), "
+                         f"got {class_colour!r}")
+
+
+def _render_many(count: int, size: int, num_classes: int, seed: int, class_colour: float = 0.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` scenes from one generator: uint8 ``(count, 3, S, S)`` and int64 ``(count, S, S)``."""
     g = torch.Generator().manual_seed(seed)
     images = torch.empty(count, 3, size, size, dtype=torch.uint8)
     masks = torch.empty(count, size, size, dtype=torch.int64)
     for i in range(count):
-        images[i], masks[i] = render_scene(g, size, num_classes)
+        images[i], masks[i] = render_scene(g, size, num_classes, class_colour)
     return images, masks
 
 
-def render_scene(generator: torch.Generator, size: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def render_scene(generator: torch.Generator, size: int, num_classes: int, class_colour: float = 0.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One scene: image uint8 ``(3, size, size)`` and mask int64 ``(size, size)`` (0 = background).
 
-    ``num_classes`` is the number of object classes C (labels 1..C). Draws only from ``generator``.
+    ``num_classes`` is the number of object classes C (labels 1..C); ``class_colour`` as in
+    :func:`make_dataset`. Draws only from ``generator``.
     """
     _check_size(size, num_classes)
+    _check_class_colour(class_colour)
     image = _background(generator, size)
     _paint_distractors(generator, image)
     mask = torch.zeros(size, size, dtype=torch.int64)
     count = int(torch.randint(1, 4, (1,), generator=generator))
     for _ in range(count):
-        _paint_object(generator, image, mask, num_classes)
+        _paint_object(generator, image, mask, num_classes, class_colour)
     image = image + _NOISE_STD * torch.randn(image.shape, generator=generator)
     return (image.clamp(0, 1) * 255).round().to(torch.uint8), mask
 
@@ -186,7 +208,8 @@ def _blend(image: torch.Tensor, where: torch.Tensor, colour: torch.Tensor, alpha
 
 
 # ------------------------------------------------------------------ objects
-def _paint_object(g: torch.Generator, image: torch.Tensor, mask: torch.Tensor, num_classes: int) -> None:
+def _paint_object(g: torch.Generator, image: torch.Tensor, mask: torch.Tensor, num_classes: int,
+                  class_colour: float = 0.0) -> None:
     """Paint one object of a random class over ``image`` (3, S, S) and write its label into ``mask``."""
     size = image.shape[-1]
     label = 1 + int(torch.randint(0, num_classes, (1,), generator=g))
@@ -206,6 +229,8 @@ def _paint_object(g: torch.Generator, image: torch.Tensor, mask: torch.Tensor, n
     shift = 0.35 + 0.3 * torch.rand(3, 1, 1, generator=g)
     second_colour = _frac(first_colour + shift)
     colour = torch.where(second, second_colour, first_colour)
+    if class_colour:
+        colour = (1 - class_colour) * colour + class_colour * CLASS_COLOURS[label - 1].view(3, 1, 1)
     image.copy_(torch.where(inside, colour, image))
     mask.masked_fill_(inside, label)
 

@@ -128,7 +128,8 @@ class DemoConfig:
         full = DemoConfig.full()
         missing = []
         if len(self.seeds) < len(full.seeds):
-            missing.append(f"{len(self.seeds)} seeds instead of {len(full.seeds)}")
+            n = len(self.seeds)
+            missing.append(f"{n} seed{'' if n == 1 else 's'} per configuration instead of {len(full.seeds)}")
         left = [r.name for r in full.runs if r not in self.runs]
         if left:
             missing.append("no " + ", ".join(left))
