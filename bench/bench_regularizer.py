@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -29,11 +30,97 @@ DEFAULT_SIZES = ["64x196x384", "256x196x384"]
 PAPER_SECONDS = {("cpu", "64x196x384"): 1.5}  # the released regularizer, forward + backward, 2 CPU cores (issue #3)
 # (device, size) -> (milliseconds, share of a ViT-S/16 step) forward + backward should stay within (issue #11).
 TARGETS = {("cuda", "256x196x384"): (5.0, 0.03)}
+# (device, size) -> (min speed-up over lightly's port, max multiple of the floor, max share of a
+# ViT-S/16 step) on 2 CPU cores (issue #15).
+CPU_TARGETS = {("cpu", "64x196x384"): (5.0, 1.5, 0.05), ("cpu", "256x196x384"): (5.0, 1.5, 0.05)}
 
 
 def parse_size(s: str) -> tuple[int, int, int]:
     b, n, d = (int(v) for v in s.lower().split("x"))
     return b, n, d
+
+
+def regularizer_floor_flops(B: int, N: int, d: int, iters_local: float, iters_global: float,
+                            k_l: int = 3, k_g: int = 24) -> tuple[float, float]:
+    """(float32 FLOPs, float64 FLOPs) that the regularizer's forward + backward cannot avoid
+    (defaults: the whole batch as one group, pooled M_dim).
+
+    - k-means (float32, no gradient): per run, k seeding passes, one distance GEMM per update and
+      the final assignment (2·n·d·k each) plus the centroid sums (n·d per update); per image with
+      k_l over N tokens, and once over all B·N tokens with k_g.
+    - Forward (float64): for every cluster of n tokens a Gram of the smaller side m = min(n, d)
+      (m²·max(n, d), one triangle) and its eigendecomposition **with vectors**, which the backward
+      needs (4/3·m³ to reduce to tridiagonal form and 2·m³ to apply the reflectors to the
+      vectors); the same for the pooled effective rank over all B·N tokens.
+    - Backward (float64): per cluster, V·f(Λ)·Vᵀ (2·m³) and its product with the cluster's tokens
+      (2·n·d·m).
+    Eigensolver FLOPs are divided by the GEMM rate, as in bench_dse.py's floor: optimistic, so the
+    floor is a floor.
+    """
+    def kmeans(n_total, k, iters):
+        return 2 * n_total * d * k * (2 + iters) + n_total * d * iters
+
+    f32 = kmeans(B * N, k_l, iters_local) + kmeans(B * N, k_g, iters_global)
+
+    def term(n):  # one Gram-based spectral term over n tokens: forward + backward
+        m = min(n, d)
+        return m * m * max(n, d) + (4 / 3 + 2) * m ** 3 + 2 * m ** 3 + 2 * n * d * m
+
+    f64 = B * k_l * term(N / k_l) + k_g * term(B * N / k_g) + term(B * N)
+    return f32, f64
+
+
+def gemm_rates() -> tuple[float, float]:
+    """Measured CPU FLOP/s of a float32 distance GEMM and a float64 Gram GEMM (as bench_dse.py)."""
+    import torch
+
+    def rate(a, b, reps):
+        for _ in range(2):
+            torch.bmm(a, b)
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.bmm(a, b)
+        return 2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] * reps / (time.perf_counter() - t)
+
+    x32 = torch.randn(8, 1568, 384)
+    c32 = torch.randn(8, 384, 24)
+    z64 = torch.randn(192, 64, 384, dtype=torch.float64)
+    return rate(x32, c32, 20), rate(z64, z64.transpose(1, 2), 10)
+
+
+def kmeans_iterations(size: str) -> tuple[float, float]:
+    """Mean k-means updates of the regularizer's two clusterings (local k=3, whole batch k=24) on the
+    benchmark's tokens, as the compiled op reports them."""
+    import torch
+
+    B, N, d = parse_size(size)
+    x = torch.nn.functional.normalize(torch.randn(B, N, d, generator=torch.Generator().manual_seed(0)), dim=-1)
+    it_l = torch.ops.dse.kmeans(x, torch.full((B,), N, dtype=torch.long), 3, 20, 1e-4, 0, 0)[2]
+    it_g = torch.ops.dse.kmeans(x.reshape(1, B * N, d), torch.tensor([B * N]), 24, 20, 1e-4, 0, 0)[2]
+    return float(it_l.float().mean()), float(it_g.float().mean())
+
+
+def time_lightly(size: str, repeats: int) -> dict:
+    """lightly's port (``lightly.loss.regularizer.DSERegularizer``), forward + backward, or None
+    when lightly is not installed (``pip install lightly --no-deps`` is enough for that module)."""
+    import torch
+
+    try:
+        from lightly.loss.regularizer.dse import DSERegularizer as LightlyDSE
+    except ImportError:
+        return {"seconds": None}
+    B, N, d = parse_size(size)
+    tokens = torch.randn(B, N, d, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    reg = LightlyDSE(weight=1e-3)
+    times = []
+    with torch.random.fork_rng(devices=[]):  # its k-means++ draws from the global RNG
+        torch.manual_seed(0)
+        for _ in range(repeats + 1):
+            t = time.perf_counter()
+            reg(tokens).backward()
+            times.append(time.perf_counter() - t)
+            tokens.grad = None
+    return {"seconds": statistics.median(times[1:])}
 
 
 def sync(device: str) -> None:
@@ -120,6 +207,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (after one warm-up)")
     parser.add_argument("--no-reference", action="store_true", help="time the compiled backend only")
     parser.add_argument("--no-vit", action="store_true", help="skip the ViT-S/16 training step")
+    parser.add_argument("--no-lightly", action="store_true", help="skip lightly's DSERegularizer (CPU only)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--vit-dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="autocast dtype of the ViT step (default: bfloat16 on CUDA, float32 on the CPU)")
@@ -127,8 +215,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         kind, size, repeats, device, dtype = args.worker
-        result = (time_vit(size, int(repeats), device, dtype) if kind == "vit"
-                  else time_regularizer(size, kind, int(repeats), device))
+        if kind == "vit":
+            result = time_vit(size, int(repeats), device, dtype)
+        elif kind == "lightly":
+            result = time_lightly(size, int(repeats))
+        elif kind == "floor":
+            B, N, d = parse_size(size)
+            f32, f64 = regularizer_floor_flops(B, N, d, *kmeans_iterations(size))
+            r32, r64 = gemm_rates()
+            result = {"seconds": f32 / r32 + f64 / r64, "gflop32": f32 / 1e9, "gflop64": f64 / 1e9,
+                      "rate32": r32 / 1e9, "rate64": r64 / 1e9}
+        else:
+            result = time_regularizer(size, kind, int(repeats), device)
         print(json.dumps(result))
         return
     vit_dtype = args.vit_dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -144,32 +242,54 @@ def main() -> None:
     print("DSERegularizer defaults (whole batch as one group, pooled M_dim); forward + backward, median of "
           f"{args.repeats} calls after a warm-up; ViT-S/16 step = forward, backward and SGD update, "
           + (f"{vit_dtype} autocast.\n" if vit_dtype != "float32" else "float32.\n"))
-    print("| B×N×d | ext fwd+bwd (ms) | ext peak GPU MB | reference fwd+bwd (ms) | speed-up | ViT-S/16 step (ms) | ext / step |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| B×N×d | ext fwd+bwd (ms) | ext peak GPU MB | lightly (ms) | lightly / ext | floor (ms) | ext / floor "
+          "| reference (ms) | ViT-S/16 step (ms) | ext / step |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    cpu = args.device == "cpu"
+    floors = []
     for size in args.sizes:
         ext_r = run_json(["--worker", "ext", size, str(args.repeats), args.device, vit_dtype])
         ext = ext_r["seconds"]
+        lightly = (run_json(["--worker", "lightly", size, "1", "cpu", vit_dtype])["seconds"]
+                   if cpu and not args.no_lightly else None)
+        floor_r = run_json(["--worker", "floor", size, "1", "cpu", vit_dtype]) if cpu else None
+        floor = floor_r["seconds"] if floor_r else None
+        if floor_r:
+            floors.append((size, floor_r))
         ref = None if args.no_reference else run_json(["--worker", "reference", size, "1", args.device, vit_dtype])["seconds"]
         vit_r = {"seconds": None} if args.no_vit else run_json(["--worker", "vit", size, vit_repeats, args.device, vit_dtype])
         vit = vit_r["seconds"]
-        ref_s = f"{ref * 1e3:.0f}" if ref else "–"
-        speed = f"{ref / ext:.1f}×" if ref else "–"
-        vit_s = f"{vit * 1e3:.0f}" if vit else "–"
+        ms = lambda v: f"{v * 1e3:.0f}" if v else "–"  # noqa: E731
+        vit_s = ms(vit)
         if vit and vit_r["batch"] != parse_size(size)[0]:
             vit_s += f" (batch {vit_r['batch']} ×{parse_size(size)[0] // vit_r['batch']})"
-        share = f"{100 * ext / vit:.1f}%" if vit else "–"
         peak = f"{ext_r['peak_mb']:.0f}" if "peak_mb" in ext_r else "–"
-        print(f"| {size} | {ext * 1e3:.1f} | {peak} | {ref_s} | {speed} | {vit_s} | {share} |", flush=True)
+        print(f"| {size} | {ext * 1e3:.1f} | {peak} | {ms(lightly)} | {f'{lightly / ext:.1f}×' if lightly else '–'} "
+              f"| {f'{floor * 1e3:.1f}' if floor else '–'} | {f'{ext / floor:.1f}×' if floor else '–'} | {ms(ref)} "
+              f"| {vit_s} | {f'{100 * ext / vit:.1f}%' if vit else '–'} |", flush=True)
         target = TARGETS.get((args.device, size))
         if target:
             met = ext * 1e3 <= target[0] and (vit is None or ext / vit < target[1])
             share_s = f", {100 * ext / vit:.1f}% of the step" if vit else ", step not measured"
             print(f"|  ↳ target ≤ {target[0]:.0f} ms and < {100 * target[1]:.0f}% of a ViT-S/16 step: "
-                  f"{'met' if met else 'MISSED'} ({ext * 1e3:.1f} ms{share_s}) | | | | | | |", flush=True)
+                  f"{'met' if met else 'MISSED'} ({ext * 1e3:.1f} ms{share_s}) | | | | | | | | | |", flush=True)
+        cpu_target = CPU_TARGETS.get((args.device, size))
+        if cpu_target:
+            speedup, over_floor, share = cpu_target
+            checks = [("≥ %.0f× lightly" % speedup, None if lightly is None else lightly / ext >= speedup),
+                      ("≤ %.1f× the floor" % over_floor, None if floor is None else ext / floor <= over_floor),
+                      ("< %.0f%% of a ViT-S/16 step" % (100 * share), None if vit is None else ext / vit < share)]
+            words = ", ".join(f"{name}: {'not measured' if ok is None else 'met' if ok else 'MISSED'}" for name, ok in checks)
+            print(f"|  ↳ CPU targets: {words} | | | | | | | | | |", flush=True)
         paper = PAPER_SECONDS.get((args.device, size))
         if paper:
-            print(f"|  ↳ vs the paper's released regularizer (≈{paper:.1f} s here) | | | | {paper / ext:.1f}× | | |",
+            print(f"|  ↳ vs the paper's released regularizer (≈{paper:.1f} s here) | | | | {paper / ext:.1f}× | | | | | |",
                   flush=True)
+    for size, f in floors:
+        print(f"\nfloor at {size}: {f['gflop32']:.2f} GFLOP float32 (k-means) at {f['rate32']:.1f} GFLOP/s + "
+              f"{f['gflop64']:.2f} GFLOP float64 (Grams, eigensolves with vectors, backward products) at "
+              f"{f['rate64']:.1f} GFLOP/s (GEMM rates measured in the same run; regularizer_floor_flops says what is "
+              "counted)")
 
 
 if __name__ == "__main__":
