@@ -1,4 +1,5 @@
-"""Benchmark dse_ext.DSERegularizer: forward + backward, compiled vs reference, vs a ViT-S/16 step.
+"""Benchmark dse_ext.DSERegularizer: forward + backward, compiled vs reference, vs lightly's port,
+vs its arithmetic floor, vs a ViT-S/16 step.
 
 Prints a markdown table: the regularizer's forward+backward time (median of repeats after a
 warm-up) with the compiled and the reference backend, its peak GPU memory on CUDA
@@ -8,7 +9,16 @@ bfloat16 autocast on CUDA, float32 on the CPU; ``--vit-dtype``), so the regulari
 read as a fraction of a step. A batch that does not fit on the GPU is halved until it does and
 the step time scaled back up (said in the table). Each measurement runs in a fresh process. The
 ViT column needs timm (``pip install timm``); without it the column is left empty. Where a target
-is set (TARGETS: CUDA at 256×196×384) a line under the row says whether it is met.
+is set (TARGETS: CUDA at 256×196×384; CPU_TARGETS: 64 and 256×196×384) a line under the row says
+whether it is met.
+
+On the CPU two more columns: lightly's ``DSERegularizer`` (the paper's regularizer as the lightly
+library ports it; weight 1e-3, its own defaults: global clustering in groups of 8 images), timed
+in the same way when lightly is installed (``pip install lightly --no-deps`` is enough for that
+module; it is never a dependency of dse_ext), and the **floor**: the FLOPs the regularizer cannot
+avoid (:func:`regularizer_floor_flops`: k-means GEMMs, Grams, eigensolves with vectors, the
+backward's products) divided by GEMM rates measured in the same run, so ``ext / floor`` does not
+depend on how fast the machine is.
 
     python bench/bench_regularizer.py
     python bench/bench_regularizer.py --sizes 64x196x384 --repeats 5 --no-vit
@@ -92,6 +102,8 @@ def kmeans_iterations(size: str) -> tuple[float, float]:
     """Mean k-means updates of the regularizer's two clusterings (local k=3, whole batch k=24) on the
     benchmark's tokens, as the compiled op reports them."""
     import torch
+
+    import dse_ext  # noqa: F401  (registers torch.ops.dse)
 
     B, N, d = parse_size(size)
     x = torch.nn.functional.normalize(torch.randn(B, N, d, generator=torch.Generator().manual_seed(0)), dim=-1)
@@ -265,7 +277,7 @@ def main() -> None:
             vit_s += f" (batch {vit_r['batch']} ×{parse_size(size)[0] // vit_r['batch']})"
         peak = f"{ext_r['peak_mb']:.0f}" if "peak_mb" in ext_r else "–"
         print(f"| {size} | {ext * 1e3:.1f} | {peak} | {ms(lightly)} | {f'{lightly / ext:.1f}×' if lightly else '–'} "
-              f"| {f'{floor * 1e3:.1f}' if floor else '–'} | {f'{ext / floor:.1f}×' if floor else '–'} | {ms(ref)} "
+              f"| {f'{floor * 1e3:.3g}' if floor else '–'} | {f'{ext / floor:.1f}×' if floor else '–'} | {ms(ref)} "
               f"| {vit_s} | {f'{100 * ext / vit:.1f}%' if vit else '–'} |", flush=True)
         target = TARGETS.get((args.device, size))
         if target:

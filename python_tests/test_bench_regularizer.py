@@ -1,0 +1,52 @@
+"""bench/bench_regularizer.py: the floor's arithmetic and a small end-to-end run of the script."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_regularizer.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_regularizer", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_floor_counts_what_the_docstring_says(bench):
+    B, N, d = 64, 196, 384
+    f32, f64 = bench.regularizer_floor_flops(B, N, d, iters_local=5, iters_global=20)
+    # k-means: seeding + updates + final assignment of the distance GEMMs, plus the centroid sums
+    assert f32 == pytest.approx(2 * B * N * d * 3 * 7 + B * N * d * 5 + 2 * B * N * d * 24 * 22 + B * N * d * 20)
+
+    def term(n):
+        m = min(n, d)
+        return m * m * max(n, d) + (10 / 3) * m ** 3 + 2 * m ** 3 + 2 * n * d * m
+
+    assert f64 == pytest.approx(B * 3 * term(N / 3) + 24 * term(B * N / 24) + term(B * N))
+    # more k-means updates cost more; more tokens cost more
+    assert bench.regularizer_floor_flops(B, N, d, 5, 21)[0] > f32
+    assert all(b > a for a, b in zip((f32, f64), bench.regularizer_floor_flops(2 * B, N, d, 5, 20)))
+
+
+def test_script_prints_the_floor_and_the_ratios(tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "4x16x32", "--repeats", "1", "--no-vit",
+                          "--no-reference"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| 4x16x32 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[1]) > 0                       # ext fwd+bwd (ms)
+    assert float(cells[5]) > 0 and cells[6].endswith("×")  # floor (ms), ext / floor
+    assert "floor at 4x16x32:" in out.stdout and "GFLOP float64" in out.stdout
+
+
+def test_lightly_is_timed_side_by_side_when_installed(bench):
+    pytest.importorskip("lightly.loss.regularizer.dse")
+    assert bench.time_lightly("4x16x32", 1)["seconds"] > 0
