@@ -37,7 +37,6 @@ import sys
 import time
 
 DEFAULT_SIZES = ["64x196x384", "256x196x384"]
-PAPER_SECONDS = {("cpu", "64x196x384"): 1.5}  # the released regularizer, forward + backward, 2 CPU cores (issue #3)
 # (device, size) -> (milliseconds, share of a ViT-S/16 step) forward + backward should stay within (issue #11).
 TARGETS = {("cuda", "256x196x384"): (5.0, 0.03)}
 # (device, size) -> (min speed-up over lightly's port, max multiple of the floor, max share of a
@@ -293,10 +292,6 @@ def main() -> None:
                       ("< %.0f%% of a ViT-S/16 step" % (100 * share), None if vit is None else ext / vit < share)]
             words = ", ".join(f"{name}: {'not measured' if ok is None else 'met' if ok else 'MISSED'}" for name, ok in checks)
             print(f"|  ↳ CPU targets: {words} | | | | | | | | | |", flush=True)
-        paper = PAPER_SECONDS.get((args.device, size))
-        if paper:
-            print(f"|  ↳ vs the paper's released regularizer (≈{paper:.1f} s here) | | | | {paper / ext:.1f}× | | | | | |",
-                  flush=True)
     for size, f in floors:
         print(f"\nfloor at {size}: {f['gflop32']:.2f} GFLOP float32 (k-means) at {f['rate32']:.1f} GFLOP/s + "
               f"{f['gflop64']:.2f} GFLOP float64 (Grams, eigensolves with vectors, backward products) at "

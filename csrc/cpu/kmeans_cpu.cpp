@@ -4,11 +4,17 @@
 // the final assignment), so its points stay in that core's cache throughout and
 // it stops on its own convergence test; threads take the next unsolved problem
 // as they finish. With fewer problems than threads, problems go one at a time
-// and each one's loops and GEMMs use every thread instead. Distances come from a
-// small GEMM (|c|^2 - 2 x.c, in float64 from the GEMM's dot products), centroid
-// means are accumulated in float64. A problem's result depends only on its own
-// points, never on the batch. Ties and rounding follow common/kmeans_rules.h, as
-// on CUDA.
+// and each one's loops use every thread instead. Distances come from small GEMMs
+// (|c|^2 - 2 x.c, in float64 from the GEMM's dot products), one per block of
+// kPointBlock points, each followed at once by that block's scan (nearest
+// centroid, or seeding distances) while its dots are in cache. The blocks are the
+// same however many threads run them, and every BLAS call is single-threaded
+// (inside our parallel loops), so the bits do not depend on the thread count.
+// One GEMM over a whole large problem made BLAS repack all its points at every
+// call and left the threads waiting on each other between the GEMM and the scan.
+// Centroid means are accumulated in float64. A problem's result depends only on
+// its own points, never on the batch. Ties and rounding follow
+// common/kmeans_rules.h, as on CUDA.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -51,6 +57,20 @@ void loop(bool parallel, int64_t n, int64_t grain, const F& f) {
     f(0, n);
 }
 
+// Points per distance GEMM: small enough for a block's dots and points to stay in
+// cache until its scan, large enough for BLAS to run near its peak.
+constexpr int64_t kPointBlock = 1024;
+
+// f(begin, end) for each block [b * kPointBlock, ...) of [0, n), in parallel over
+// blocks when `parallel`. The blocks do not depend on the thread count.
+template <typename F>
+void for_each_point_block(bool parallel, int64_t n, const F& f) {
+  const int64_t blocks = (n + kPointBlock - 1) / kPointBlock;
+  loop(parallel, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) f(b * kPointBlock, std::min(n, (b + 1) * kPointBlock));
+  });
+}
+
 // Bound on the rounding error of |x|^2 - 2 x.c + |c|^2 when x.c comes from a GEMM in
 // scalar_t over d terms (|error of a dot| <= d u |x||c|, u = eps / 2, plus the float64
 // norms), with a margin of 2: a GEMM distance at or below it may be an exact 0.
@@ -77,8 +97,8 @@ void seed_plus_plus(const scalar_t* x, int64_t n, int64_t d, int64_t k, int64_t 
   // GEMM's rounding of 0 are measured again directly, so that a point equal to the
   // chosen one gets exactly 0 (a zero weight: never drawn again while others weigh more).
   auto distances_to = [&](int64_t chosen, double* out, bool keep_min) {
-    gemm_abt(n, 1, d, x, d, x + chosen * d, d, ws.dots.data(), 1);
-    loop(ws.inner_parallel, n, 4096, [&](int64_t begin, int64_t end) {
+    for_each_point_block(ws.inner_parallel, n, [&](int64_t begin, int64_t end) {
+      gemm_abt(end - begin, 1, d, x + begin * d, d, x + chosen * d, d, ws.dots.data() + begin, 1);
       for (int64_t i = begin; i < end; ++i) {
         double v = std::max(0.0, ws.xsq[i] - 2.0 * static_cast<double>(ws.dots[i]) + ws.xsq[chosen]);
         if (v <= gemm_distance_error_bound<scalar_t>(d, ws.xsq[i], ws.xsq[chosen]))
@@ -105,7 +125,6 @@ void seed_plus_plus(const scalar_t* x, int64_t n, int64_t d, int64_t k, int64_t 
 template <typename scalar_t>
 void assign(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t k, int64_t* labels,
             Workspace<scalar_t>& ws) {
-  gemm_abt(k, n, d, c, d, x, d, ws.dots.data(), n);  // (k, n): this orientation runs faster for small k
   for (int64_t j = 0; j < k; ++j) {
     double s = 0.0;
     for (int64_t t = 0; t < d; ++t) s += static_cast<double>(c[j * d + t]) * static_cast<double>(c[j * d + t]);
@@ -117,7 +136,9 @@ void assign(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t 
       ws.duplicate[j] = std::equal(c + j * d, c + (j + 1) * d, c + q * d);
   }
   double* best_val = ws.dist2.data();  // |x - c|^2 - |x|^2 of the best centroid so far
-  loop(ws.inner_parallel, n, 2048, [&](int64_t begin, int64_t end) {
+  for_each_point_block(ws.inner_parallel, n, [&](int64_t begin, int64_t end) {
+    // dots (k, n), this block's columns: this orientation runs faster for small k
+    gemm_abt(k, end - begin, d, c, d, x + begin * d, d, ws.dots.data() + begin, n);
     for (int64_t i = begin; i < end; ++i) {
       best_val[i] = ws.csq[0] - 2.0 * static_cast<double>(ws.dots[i]);
       labels[i] = 0;
@@ -136,6 +157,21 @@ void assign(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t 
   });
 }
 
+// acc[t] += row[t] for t in [0, n): the centroid sums' inner loop, compiled for AVX-512,
+// AVX2 and the baseline, chosen at load time (the same additions in the same order
+// in every variant, so the same bits).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DSE_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DSE_SIMD_CLONES
+#endif
+DSE_SIMD_CLONES void add_row(double* __restrict acc, const float* __restrict row, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) acc[t] += static_cast<double>(row[t]);
+}
+DSE_SIMD_CLONES void add_row(double* __restrict acc, const double* __restrict row, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) acc[t] += row[t];
+}
+
 // Float64 sums (k, d) of each cluster's members (labels[0..n)), in the segment order of
 // common/kmeans_rules.h (kUpdateSegment): the same bits as the CUDA kernel's sums.
 template <typename scalar_t>
@@ -151,9 +187,7 @@ void cluster_sums(const scalar_t* x, int64_t n, int64_t d, int64_t k, const int6
       if (s > 0)
         for (int64_t j = 0; j < k; ++j) std::fill(into + j * d + t0, into + j * d + t1, 0.0);
       for (int64_t i = seg.begin; i < seg.end; ++i) {
-        double* acc = into + labels[i] * d;
-        const scalar_t* row = x + i * d;
-        for (int64_t t = t0; t < t1; ++t) acc[t] += static_cast<double>(row[t]);
+        add_row(into + labels[i] * d + t0, x + i * d + t0, t1 - t0);
       }
       if (s > 0)
         for (int64_t j = 0; j < k; ++j)
