@@ -89,9 +89,12 @@ bench: install
 bench-scores: install
 	$(VPY) bench/bench_scores.py
 
+# lightly's DSERegularizer is timed beside ours: its module needs no more than `--no-deps`.
 bench-regularizer: install
 	$(VPY) -m pip install -q timm
+	$(VPY) -m pip install -q --no-deps lightly
 	$(VPY) bench/bench_regularizer.py --repeats 3
+	OPENBLAS_NUM_THREADS=1 $(VPY) bench/bench_eigen_cpu.py
 
 clean:
 	rm -rf build dist *.egg-info

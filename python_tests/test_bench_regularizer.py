@@ -50,3 +50,16 @@ def test_script_prints_the_floor_and_the_ratios(tmp_path):
 def test_lightly_is_timed_side_by_side_when_installed(bench):
     pytest.importorskip("lightly.loss.regularizer.dse")
     assert bench.time_lightly("4x16x32", 1)["seconds"] > 0
+
+
+def test_eigen_cpu_script_prints_its_tables():
+    script = SCRIPT.with_name("bench_eigen_cpu.py")
+    out = subprocess.run([sys.executable, str(script), "--rows", "20", "--dim", "12", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| solver") and not line.startswith("| σ")}
+    assert float(rows["torch (MKL on x86) dsyevd, float64, with vectors: what the CPU kernels call"][0]) > 0
+    errors = [cells for name, cells in rows.items() if name.startswith("p = ")]
+    assert len(errors) == 3
+    assert all(float(cells[0]) < 1e-10 for cells in errors)  # float64 Gram eigenvalues are exact enough
