@@ -50,16 +50,27 @@ void sum_of_sigma(const double*, int64_t m, double* h) {
   for (int64_t i = 0; i < m; ++i) h[i] = 1.0;  // d(sum sigma) / d sigma_i
 }
 
+// Zeros in the entries of an (S,) eigenvalue block and its (S, S) eigenvector block beyond the
+// leading `side` eigenpairs (all of them for side = 0).
+void zero_basis_tail(double* eig, double* vec, int64_t side, int64_t S) {
+  std::fill(eig + side, eig + S, 0.0);
+  for (int64_t i = 0; i < side; ++i) std::fill(vec + i * S + side, vec + (i + 1) * S, 0.0);
+  std::fill(vec + side * S, vec + S * S, 0.0);
+}
+
 // keep_basis: values (P, k) float64, eigenvalues (P, k, S) and eigenvectors (P, k, S, S),
-// cluster c's min(n_c - 1, d) eigenpairs in the leading entries, zeros elsewhere.
+// cluster c's min(n_c - 1, d) eigenpairs in the leading entries, zeros elsewhere (written
+// once: the buffers are not zero-filled first).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> css_with_basis(const ClusterCssArgs& in, const Grouping& g) {
   const int64_t P = in.P, M = in.M, d = in.d, k = in.k, S = in.S;
   const std::vector<int64_t> ids = g.largest_first([](int64_t) { return true; });
   const auto opts = in.x.options().dtype(at::kDouble);
-  at::Tensor values = at::zeros({P, k}, opts), eig = at::zeros({P, k, S}, opts), vec = at::zeros({P, k, S, S}, opts);
+  at::Tensor values = at::zeros({P, k}, opts), eig = at::empty({P, k, S}, opts), vec = at::empty({P, k, S, S}, opts);
   double* vp = values.data_ptr<double>();
   double* ep = eig.data_ptr<double>();
   double* gp = vec.data_ptr<double>();
+  for (int64_t c = 0; c < P * k; ++c)
+    if (g.size(c) < 2) zero_basis_tail(ep + c * S, gp + c * S * S, 0, S);  // no cluster: no eigenpairs
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_cluster_css_keep_basis_cpu", [&] {
     const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
     for_each_matrix(ids, [&](int64_t c, Scratch& s) {
@@ -67,6 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> css_with_basis(const ClusterCssAr
       std::vector<double> z((n - 1) * d);
       const double noise = fill_centred<scalar_t>(xp + p * M * d, g.members(c), n, d, z.data(), 1);
       const int64_t side = gram_basis(z.data(), n - 1, d, ep + c * S, gp + c * S * S, S, s.eigen);
+      zero_basis_tail(ep + c * S, gp + c * S * S, side, S);
       vp[c] = nuclear_norm_from_eigs(ep + c * S, side, noise) / css_denominator(n, d);
     });
   });

@@ -27,7 +27,8 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rank_with_basis(const EffectiveRankArgs& in, const RankRows& rows) {
   const int64_t P = in.P, m = in.m, d = in.d, S = in.S;
   const auto opts = in.x.options().dtype(at::kDouble);
-  at::Tensor values = at::empty({P}, opts), eig = at::zeros({P, S}, opts), vec = at::zeros({P, S, S}, opts);
+  // Every matrix fills its S eigenpairs: no zero fill first.
+  at::Tensor values = at::empty({P}, opts), eig = at::empty({P, S}, opts), vec = at::empty({P, S, S}, opts);
   double* vp = values.data_ptr<double>();
   double* ep = eig.data_ptr<double>();
   double* gp = vec.data_ptr<double>();
@@ -103,10 +104,12 @@ at::Tensor effective_rank_backward(const at::Tensor& grad_in, const at::Tensor& 
   for (int64_t p = 0; p < P; ++p)
     if (gp[p] != 0.0) ids.push_back(p);
 
-  at::Tensor per_matrix = at::zeros({P, m, d}, x.options());  // dL/dS for each matrix
+  at::Tensor per_matrix = at::empty({P, m, d}, x.options());  // dL/dS for each matrix
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_effective_rank_backward_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* out = per_matrix.data_ptr<scalar_t>();
+    for (int64_t p = 0; p < P; ++p)  // matrices with a zero incoming gradient; the others are written in full
+      if (gp[p] == 0.0) std::fill(out + p * m * d, out + (p + 1) * m * d, scalar_t(0));
     for_each_matrix(ids, [&](int64_t p, Scratch& s) {
       std::vector<double> z(m * d), y(m * d);
       rows.fill(xp, p, z.data(), 1);

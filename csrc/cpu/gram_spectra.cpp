@@ -58,7 +58,6 @@ void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const GramFill& f
   }
   std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
   const int64_t n3_max = (group_rows + kGramBlock - 1) / kGramBlock * kGramBlock;
-  const auto opts = at::TensorOptions().dtype(at::kDouble);
 
   auto worker = [&](std::atomic<size_t>& next) {
     // Small interleaved buffers (about 1 MB for 64 x 384 matrices) stay with the thread
@@ -79,12 +78,7 @@ void gram_spectra(const std::vector<int64_t>& rows, int64_t d, const GramFill& f
     auto solve_one = [&](int64_t r) {
       const int64_t side = std::min(r, d);
       g.resize(side * side);
-      const at::Tensor zt = at::from_blob(z.data(), {r, d}, opts);
-      at::Tensor gt = at::from_blob(g.data(), {side, side}, opts);
-      if (r <= d)
-        at::mm_out(gt, zt, zt.t());
-      else
-        at::mm_out(gt, zt.t(), zt);
+      gram_upper(z.data(), r, d, g.data(), side);  // the eigensolver reads the upper triangle only
       eigen.values(g.data(), side, side, eig.data());
       return side;
     };

@@ -46,7 +46,45 @@ void gemm_abt_impl(int64_t m, int64_t n, int64_t kk, const T* a, int64_t lda, co
 #endif
 }
 
+// Row-major C (m x n, ldc) = A^T * B, A (kk x m, lda), B (kk x n, ldb), float64.
+void gemm_atb(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
+              int64_t ldc) {
+  if (m == 0 || n == 0) return;
+#ifdef DSE_HAVE_LAPACK
+  TORCH_CHECK(std::max({m, n, kk, lda, ldb, ldc}) <= INT32_MAX, "gemm_atb: block too large for BLAS");
+  // Column-major view: C^T (n x m) = B^T (n x kk, B's buffer as is) * A (kk x m, A's buffer transposed).
+  const int mi = static_cast<int>(n), ni = static_cast<int>(m), ki = static_cast<int>(kk);
+  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  const double one = 1, zero = 0;
+  dgemm_("N", "T", &mi, &ni, &ki, &one, b, &la, a, &lb, &zero, c, &lc, 1, 1);
+#else
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  const at::Tensor ta = at::from_blob(const_cast<double*>(a), {kk, m}, {lda, 1}, opts);
+  const at::Tensor tb = at::from_blob(const_cast<double*>(b), {kk, n}, {ldb, 1}, opts);
+  at::Tensor tc = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  at::mm_out(tc, ta.t(), tb);
+#endif
+}
+
+// Column blocks of the triangle Gram (gram_upper): 4 blocks at side 384, which the products
+// still run at full GEMM speed.
+constexpr int64_t kTriangleBlock = 96;
+
 }  // namespace
+
+void gram_upper(const double* z, int64_t rows, int64_t cols, double* g, int64_t ldg) {
+  const bool wide = rows <= cols;
+  const int64_t side = wide ? rows : cols, inner = wide ? cols : rows;
+  const int64_t blocks = side < 2 * kTriangleBlock ? 1 : (side + kTriangleBlock - 1) / kTriangleBlock;
+  const int64_t width = (side + blocks - 1) / blocks;
+  for (int64_t j0 = 0; j0 < side; j0 += width) {
+    const int64_t j1 = std::min(side, j0 + width);  // G[0:j1, j0:j1]: block column j, down to the diagonal
+    if (wide)
+      gemm_abt_impl(j1, j1 - j0, inner, z, cols, z + j0 * cols, cols, g + j0, ldg);
+    else
+      gemm_atb(j1, j1 - j0, inner, z, cols, z + j0, cols, g + j0, ldg);
+  }
+}
 
 void gemm_abt(int64_t m, int64_t n, int64_t kk, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
               int64_t ldc) {

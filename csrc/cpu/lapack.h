@@ -17,6 +17,15 @@ void gemm_abt(int64_t m, int64_t n, int64_t kk, const float* a, int64_t lda, con
 void gemm_abt(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
               int64_t ldc);
 
+// The upper triangle (row-major, diagonal included) of the Gram of a row-major
+// (rows x cols) float64 matrix z: G = z z^T (side = rows) when rows <= cols, else
+// G = z^T z (side = cols), into g (side x side, leading dimension ldg >= side).
+// Entries below the diagonal are left as they were, or hold their mirror image
+// (small Grams are one full product). Large Grams are built one column block at
+// a time, each block only down to the diagonal: about 1.3x the FLOPs of one
+// triangle instead of the 2x of the full product.
+void gram_upper(const double* z, int64_t rows, int64_t cols, double* g, int64_t ldg);
+
 // Eigen-decomposition of dense symmetric float64 matrices, one at a time (LAPACK
 // dsyevd, with a workspace reused across calls). Not thread-safe: one per thread.
 class SymmetricEigen {

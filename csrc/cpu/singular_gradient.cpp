@@ -13,15 +13,8 @@ namespace dse::cpu {
 
 int64_t gram_basis(const double* z, int64_t rows, int64_t cols, double* eig, double* vec, int64_t ldv,
                    SymmetricEigen& eigen) {
-  const auto opts = at::TensorOptions().dtype(at::kDouble);
-  const bool wide = rows <= cols;
-  const int64_t side = wide ? rows : cols;
-  const at::Tensor zt = at::from_blob(const_cast<double*>(z), {rows, cols}, opts);
-  at::Tensor g = at::from_blob(vec, {side, side}, {ldv, 1}, opts);
-  if (wide)
-    at::mm_out(g, zt, zt.t());
-  else
-    at::mm_out(g, zt.t(), zt);
+  const int64_t side = std::min(rows, cols);
+  gram_upper(z, rows, cols, vec, ldv);  // the eigensolver reads the upper triangle only
   eigen.vectors(vec, side, ldv, eig);
   return side;
 }
