@@ -156,6 +156,31 @@ def test_class_colour_makes_colour_a_class_cue_and_changes_nothing_else(data):
             make_dataset(2, 2, class_colour=bad)
 
 
+def test_colour_pairs_share_a_shape_and_differ_only_in_colour():
+    paired = make_dataset(60, 0, num_classes=6, class_colour=0.7, colour_pairs=True, seed=0)
+    assert paired.class_names[1:3] == (f"{CLASS_SPECS[0][0]}/warm", f"{CLASS_SPECS[0][0]}/cool")
+    assert paired.num_classes == 7 and len(paired.class_names) == 7
+    # the same draws as the unpaired scenes: only the objects differ (shapes and colours), every
+    # pixel that neither paints is the same
+    plain = make_dataset(60, 0, num_classes=6, seed=0)
+    untouched = ((paired.train_masks == 0) & (plain.train_masks == 0)).unsqueeze(1).expand_as(plain.train_images)
+    assert torch.equal(paired.train_images[untouched], plain.train_images[untouched])
+    assert not torch.equal(paired.train_masks, plain.train_masks)
+    # warm classes (odd labels) are red over blue, cool ones (even) blue over red: that is the
+    # whole difference within a pair
+    rs = regions(paired.train_images, paired.train_masks)
+    assert {c for _, c, _ in rs} == set(range(1, 7))
+    warm_right = [float(p[0].mean() - p[2].mean()) > 0 for _, c, p in rs if c % 2 == 1]
+    cool_right = [float(p[2].mean() - p[0].mean()) > 0 for _, c, p in rs if c % 2 == 0]
+    assert min(len(warm_right), len(cool_right)) > 10
+    assert all(warm_right) and all(cool_right)
+    with pytest.raises(ValueError, match="class_colour > 0"):
+        make_dataset(2, 2, num_classes=6, colour_pairs=True)
+    for bad in (5, 0, 18):
+        with pytest.raises(ValueError, match="even number"):
+            make_dataset(2, 2, num_classes=bad, class_colour=0.7, colour_pairs=True)
+
+
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="num_classes"):
         make_dataset(2, 2, num_classes=len(CLASS_SPECS) + 1)

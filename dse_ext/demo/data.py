@@ -23,7 +23,13 @@ colour is uniform in RGB and its second colour is the first shifted by 0.35–0.
 (mod 1), whatever the class. With ``class_colour = 0`` (the default) colour carries no class
 information; with ``class_colour = t > 0`` both colours are blended towards the class's own colour
 (:data:`CLASS_COLOURS`), ``(1 − t)·colour + t·class colour``, so colour becomes a class cue as in
-natural images (grass is green) — one that colour augmentations teach an encoder to discard. Objects are 14–32 px across,
+natural images (grass is green) — one that colour augmentations teach an encoder to discard.
+
+With ``colour_pairs=True`` the classes come in pairs that share a shape and texture and differ
+only in colour: classes 2i − 1 and 2i are row i of the table, blended (by ``class_colour > 0``)
+towards a warm and a cool colour (:data:`PAIR_COLOURS`) respectively, so telling the two apart
+takes the absolute hue that the augmentations' hue rotation teaches an encoder to ignore.
+``num_classes`` then counts the paired classes (an even number, at most 16). Objects are 14–32 px across,
 rotated by up to ±15°, with the centre anywhere at least a third of the radius inside the image
 (so objects may be cut by the border and overlap each other).
 
@@ -40,7 +46,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DenseDataset", "CLASS_SPECS", "CLASS_COLOURS", "make_dataset", "render_scene", "colour_masks", "save_examples"]
+__all__ = ["DenseDataset", "CLASS_SPECS", "CLASS_COLOURS", "PAIR_COLOURS", "make_dataset", "render_scene", "colour_masks", "save_examples"]
 
 # (name, shape, texture, texture period range in px) per object class, in label order 1, 2, ...
 CLASS_SPECS: tuple[tuple[str, str, str, tuple[float, float]], ...] = (
@@ -57,6 +63,9 @@ CLASS_SPECS: tuple[tuple[str, str, str, tuple[float, float]], ...] = (
 # The colour of each object class (labels 1..8), towards which ``class_colour`` blends its objects.
 CLASS_COLOURS = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.2, 1.0], [1.0, 0.9, 0.1],
                               [0.9, 0.1, 0.9], [0.1, 0.9, 0.9], [1.0, 0.55, 0.1], [0.55, 0.35, 0.2]])
+
+# With ``colour_pairs``: the colours of the two classes of a pair (same shape and texture), warm then cool.
+PAIR_COLOURS = torch.tensor([[1.0, 0.35, 0.1], [0.1, 0.5, 1.0]])
 
 _OBJECT_SIZE = (14.0, 32.0)       # object diameter in px
 _MAX_ROTATION = math.radians(15)  # shapes and textures are rotated by up to this, either way
@@ -86,12 +95,16 @@ class DenseDataset:
 
 
 def make_dataset(num_train: int = 1000, num_val: int = 200, *, size: int = 64, num_classes: int = 5,
-                 class_colour: float = 0.0, seed: int = 0) -> DenseDataset:
+                 class_colour: float = 0.0, colour_pairs: bool = False, seed: int = 0) -> DenseDataset:
     """Render ``num_train`` + ``num_val`` scenes of ``size`` × ``size`` px with ``num_classes`` object classes.
 
     ``class_colour`` in [0, 1]: how far each object's colours are blended towards its class's
     colour (module docstring); 0 leaves colour free of class information. It draws nothing from
     the generators, so the scenes differ only in their objects' colours across values.
+    ``colour_pairs``: classes in pairs that differ only in colour (module docstring); needs an
+    even ``num_classes`` and ``class_colour > 0``. It draws what ``colour_pairs=False`` with the
+    same arguments draws (labels, positions, sizes, phases); label l takes the shape and texture
+    of row (l − 1) // 2 of the table and the warm (odd l) or cool (even l) colour.
 
     The train split is drawn from a generator seeded with ``2 * seed`` and the val split from one
     seeded with ``2 * seed + 1``, so the splits are independent streams, the train split does not
@@ -99,53 +112,64 @@ def make_dataset(num_train: int = 1000, num_val: int = 200, *, size: int = 64, n
     """
     if num_train < 0 or num_val < 0:
         raise ValueError(f"num_train and num_val must be >= 0, got {num_train} and {num_val}")
-    _check_size(size, num_classes)
-    _check_class_colour(class_colour)
-    train_images, train_masks = _render_many(num_train, size, num_classes, 2 * seed, class_colour)
-    val_images, val_masks = _render_many(num_val, size, num_classes, 2 * seed + 1, class_colour)
-    names = ("background",) + tuple(spec[0] for spec in CLASS_SPECS[:num_classes])
+    _check_size(size, num_classes, colour_pairs)
+    _check_class_colour(class_colour, colour_pairs)
+    train_images, train_masks = _render_many(num_train, size, num_classes, 2 * seed, class_colour, colour_pairs)
+    val_images, val_masks = _render_many(num_val, size, num_classes, 2 * seed + 1, class_colour, colour_pairs)
+    if colour_pairs:
+        names = ("background",) + tuple(f"{spec[0]}/{tone}" for spec in CLASS_SPECS[:num_classes // 2]
+                                        for tone in ("warm", "cool"))
+    else:
+        names = ("background",) + tuple(spec[0] for spec in CLASS_SPECS[:num_classes])
     return DenseDataset(train_images, train_masks, val_images, val_masks, names, seed)
 
 
-def _check_size(size: int, num_classes: int) -> None:
-    if not 1 <= num_classes <= len(CLASS_SPECS):
+def _check_size(size: int, num_classes: int, colour_pairs: bool = False) -> None:
+    if colour_pairs:
+        if not (2 <= num_classes <= 2 * len(CLASS_SPECS) and num_classes % 2 == 0):
+            raise ValueError(f"with colour_pairs, num_classes must be an even number in 2..{2 * len(CLASS_SPECS)} "
+                             f"(two colours of each shape), got {num_classes}")
+    elif not 1 <= num_classes <= len(CLASS_SPECS):
         raise ValueError(f"num_classes must be in 1..{len(CLASS_SPECS)} (object classes), got {num_classes}")
     if size < 16:
         raise ValueError(f"size must be at least 16 px, got {size}")
 
 
-def _check_class_colour(class_colour: float) -> None:
+def _check_class_colour(class_colour: float, colour_pairs: bool = False) -> None:
     if not (isinstance(class_colour, (int, float)) and 0.0 <= class_colour <= 1.0):
         raise ValueError(f"class_colour must be a number in [0, 1] (0: colour carries no class information), "
                          f"got {class_colour!r}")
+    if colour_pairs and not class_colour > 0:
+        raise ValueError("colour_pairs needs class_colour > 0: the two classes of a pair differ only in colour, "
+                         "so with class_colour = 0 they would be the same class under two labels")
 
 
-def _render_many(count: int, size: int, num_classes: int, seed: int, class_colour: float = 0.0
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def _render_many(count: int, size: int, num_classes: int, seed: int, class_colour: float = 0.0,
+                 colour_pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` scenes from one generator: uint8 ``(count, 3, S, S)`` and int64 ``(count, S, S)``."""
     g = torch.Generator().manual_seed(seed)
     images = torch.empty(count, 3, size, size, dtype=torch.uint8)
     masks = torch.empty(count, size, size, dtype=torch.int64)
     for i in range(count):
-        images[i], masks[i] = render_scene(g, size, num_classes, class_colour)
+        images[i], masks[i] = render_scene(g, size, num_classes, class_colour, colour_pairs)
     return images, masks
 
 
-def render_scene(generator: torch.Generator, size: int, num_classes: int, class_colour: float = 0.0
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def render_scene(generator: torch.Generator, size: int, num_classes: int, class_colour: float = 0.0,
+                 colour_pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One scene: image uint8 ``(3, size, size)`` and mask int64 ``(size, size)`` (0 = background).
 
-    ``num_classes`` is the number of object classes C (labels 1..C); ``class_colour`` as in
-    :func:`make_dataset`. Draws only from ``generator``.
+    ``num_classes`` is the number of object classes C (labels 1..C); ``class_colour`` and
+    ``colour_pairs`` as in :func:`make_dataset`. Draws only from ``generator``.
     """
-    _check_size(size, num_classes)
-    _check_class_colour(class_colour)
+    _check_size(size, num_classes, colour_pairs)
+    _check_class_colour(class_colour, colour_pairs)
     image = _background(generator, size)
     _paint_distractors(generator, image)
     mask = torch.zeros(size, size, dtype=torch.int64)
     count = int(torch.randint(1, 4, (1,), generator=generator))
     for _ in range(count):
-        _paint_object(generator, image, mask, num_classes, class_colour)
+        _paint_object(generator, image, mask, num_classes, class_colour, colour_pairs)
     image = image + _NOISE_STD * torch.randn(image.shape, generator=generator)
     return (image.clamp(0, 1) * 255).round().to(torch.uint8), mask
 
@@ -209,11 +233,11 @@ def _blend(image: torch.Tensor, where: torch.Tensor, colour: torch.Tensor, alpha
 
 # ------------------------------------------------------------------ objects
 def _paint_object(g: torch.Generator, image: torch.Tensor, mask: torch.Tensor, num_classes: int,
-                  class_colour: float = 0.0) -> None:
+                  class_colour: float = 0.0, colour_pairs: bool = False) -> None:
     """Paint one object of a random class over ``image`` (3, S, S) and write its label into ``mask``."""
     size = image.shape[-1]
     label = 1 + int(torch.randint(0, num_classes, (1,), generator=g))
-    _, shape, texture, (lo, hi) = CLASS_SPECS[label - 1]
+    _, shape, texture, (lo, hi) = CLASS_SPECS[(label - 1) // 2 if colour_pairs else label - 1]
     diameter_u, cx_u, cy_u, rot_u, period_u, phase_a, phase_b = _uniform(g, 7)
     radius = 0.5 * (_OBJECT_SIZE[0] + (_OBJECT_SIZE[1] - _OBJECT_SIZE[0]) * diameter_u)
     margin = radius / 3
@@ -230,7 +254,8 @@ def _paint_object(g: torch.Generator, image: torch.Tensor, mask: torch.Tensor, n
     second_colour = _frac(first_colour + shift)
     colour = torch.where(second, second_colour, first_colour)
     if class_colour:
-        colour = (1 - class_colour) * colour + class_colour * CLASS_COLOURS[label - 1].view(3, 1, 1)
+        target = PAIR_COLOURS[(label - 1) % 2] if colour_pairs else CLASS_COLOURS[label - 1]
+        colour = (1 - class_colour) * colour + class_colour * target.view(3, 1, 1)
     image.copy_(torch.where(inside, colour, image))
     mask.masked_fill_(inside, label)
 
