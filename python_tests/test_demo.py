@@ -125,6 +125,13 @@ def test_demo_configurations():
     assert "1 seed per configuration instead of 3" in default.reduced()
     # the modes train the same regime: only seeds, configurations (and nothing else) differ
     assert (default.epochs, default.lr, default.schedule, default.vit) == (full.epochs, full.lr, full.schedule, full.vit)
+    same_data = ("num_train", "pretrain_images", "num_classes", "class_colour", "colour_pairs", "data_seed")
+    assert all(getattr(default, k) == getattr(full, k) for k in same_data)
+    assert default.pretrain_count == 400 < default.num_train and DemoConfig.quick().pretrain_count == 96
+    with pytest.raises(ValueError, match="pretrain_images"):
+        DemoConfig(pretrain_images=0).validate()
+    with pytest.raises(ValueError, match="pretrain_images"):
+        DemoConfig(num_train=300, probe_train=300).validate()  # 400 pre-training scenes of 300
     with pytest.raises(ValueError, match="distinct"):
         DemoConfig(seeds=(0, 0)).validate()
     with pytest.raises(ValueError, match="unknown method"):

@@ -208,6 +208,16 @@ def tau_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _classes_line(cfg: dict) -> str:
+    """The scenes' object classes in words, from the configuration (older summaries lack the keys)."""
+    k = cfg.get("num_classes", 5)
+    if cfg.get("colour_pairs"):
+        return (f"{k} object classes in {k // 2} pairs that share a shape and texture and differ only in colour, "
+                f"class_colour {cfg.get('class_colour', 0):g}")
+    tint = f", class_colour {cfg['class_colour']:g}" if cfg.get("class_colour") else ""
+    return f"{k} object classes told apart by shape and texture{tint}"
+
+
 def report_markdown(summary: dict) -> str:
     """``report.md``: setup, what held, then the tables behind it."""
     cfg, configs = summary["config"], summary["configs"]
@@ -216,8 +226,10 @@ def report_markdown(summary: dict) -> str:
     seeds = cfg["seeds"]
     md = ["# dse_ext demo report", "",
           f"Mode **{summary['mode']}**: {cfg['num_train']} train / {cfg['num_val']} val synthetic scenes "
-          f"({vit['img_size']} px, {(vit['img_size'] // vit['patch_size']) ** 2} patch tokens), a ViT (dim "
-          f"{vit['embed_dim']}, depth {vit['depth']}) pre-trained {cfg['epochs']} epochs per run at a "
+          f"({vit['img_size']} px, {(vit['img_size'] // vit['patch_size']) ** 2} patch tokens; "
+          f"{_classes_line(cfg)}), a ViT (dim {vit['embed_dim']}, depth {vit['depth']}) pre-trained "
+          f"{cfg['epochs']} epochs per run on the first {cfg.get('pretrain_images') or cfg['num_train']} train "
+          f"scenes at a "
           f"{cfg['schedule']} learning rate {cfg['lr']:g}, seeds {', '.join(map(str, seeds))} per configuration; "
           f"{summary['seconds']:.0f} s on {summary['machine']}, {summary.get('workers', 1)} run(s) side by side "
           f"(summed over runs: {_stage_line(summary)}).", ""]
