@@ -149,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "checkpoint (DSE, RankMe, dense RankMe, alpha-ReQ, LiDAR) against a linear probe's "
                                     "val mIoU and writes a report of what held (mean +- std over seeds). Default: one "
                                     "seed each, about 5 minutes on 2 CPU cores; --full: 3 seeds, MoCo v3 and a beta "
-                                    "sweep, about 35 minutes; --quick: a smoke run of about a minute.")
+                                    "sweep, about 30 minutes; --quick: a smoke run of about a minute.")
     size = dm.add_mutually_exclusive_group()
-    size.add_argument("--full", action="store_true", help="3 seeds, MoCo v3 and a beta sweep (about 35 minutes on 2 cores)")
+    size.add_argument("--full", action="store_true", help="3 seeds, MoCo v3 and a beta sweep (about 30 minutes on 2 cores)")
     size.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run, numbers meaningless)")
     dm.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
     dm.add_argument("--seeds", type=_seed_list, help="training seeds, comma-separated (default: 0; --full 0,1,2)")

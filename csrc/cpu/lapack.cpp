@@ -23,46 +23,33 @@ void dsyevd_(const char* jobz, const char* uplo, const int* n, double* a, const 
 namespace dse::cpu {
 namespace {
 
+// Row-major C (m x n, ldc) = A * B^T with A (m x kk, lda), B (n x kk, ldb); or, with
+// a_transposed, C = A^T * B with A (kk x m, lda), B (kk x n, ldb).
 template <typename T>
-void gemm_abt_impl(int64_t m, int64_t n, int64_t kk, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
-                   int64_t ldc) {
+void gemm_impl(bool a_transposed, int64_t m, int64_t n, int64_t kk, const T* a, int64_t lda, const T* b, int64_t ldb,
+               T* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
 #ifdef DSE_HAVE_LAPACK
-  TORCH_CHECK(std::max({m, n, kk, lda, ldb, ldc}) <= INT32_MAX, "gemm_abt: block too large for BLAS");
-  // Column-major view: C^T (n x m) = B (n x kk) * A^T (kk x m).
+  TORCH_CHECK(std::max({m, n, kk, lda, ldb, ldc}) <= INT32_MAX, "gemm: block too large for BLAS");
+  // Column-major view: C^T (n x m) = op(B) (n x kk) * op(A) (kk x m), each buffer read as the
+  // transpose of its row-major matrix.
+  const char* tb = a_transposed ? "N" : "T";
+  const char* ta = a_transposed ? "T" : "N";
   const int mi = static_cast<int>(n), ni = static_cast<int>(m), ki = static_cast<int>(kk);
   const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
   const T one = 1, zero = 0;
   if constexpr (std::is_same_v<T, float>)
-    sgemm_("T", "N", &mi, &ni, &ki, &one, b, &la, a, &lb, &zero, c, &lc, 1, 1);
+    sgemm_(tb, ta, &mi, &ni, &ki, &one, b, &la, a, &lb, &zero, c, &lc, 1, 1);
   else
-    dgemm_("T", "N", &mi, &ni, &ki, &one, b, &la, a, &lb, &zero, c, &lc, 1, 1);
+    dgemm_(tb, ta, &mi, &ni, &ki, &one, b, &la, a, &lb, &zero, c, &lc, 1, 1);
 #else
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  const at::Tensor ta = at::from_blob(const_cast<T*>(a), {m, kk}, {lda, 1}, opts);
-  const at::Tensor tb = at::from_blob(const_cast<T*>(b), {n, kk}, {ldb, 1}, opts);
+  const at::Tensor ta = a_transposed ? at::from_blob(const_cast<T*>(a), {kk, m}, {lda, 1}, opts).t()
+                                     : at::from_blob(const_cast<T*>(a), {m, kk}, {lda, 1}, opts);
+  const at::Tensor tb = a_transposed ? at::from_blob(const_cast<T*>(b), {kk, n}, {ldb, 1}, opts)
+                                     : at::from_blob(const_cast<T*>(b), {n, kk}, {ldb, 1}, opts).t();
   at::Tensor tc = at::from_blob(c, {m, n}, {ldc, 1}, opts);
-  at::mm_out(tc, ta, tb.t());
-#endif
-}
-
-// Row-major C (m x n, ldc) = A^T * B, A (kk x m, lda), B (kk x n, ldb), float64.
-void gemm_atb(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
-              int64_t ldc) {
-  if (m == 0 || n == 0) return;
-#ifdef DSE_HAVE_LAPACK
-  TORCH_CHECK(std::max({m, n, kk, lda, ldb, ldc}) <= INT32_MAX, "gemm_atb: block too large for BLAS");
-  // Column-major view: C^T (n x m) = B^T (n x kk, B's buffer as is) * A (kk x m, A's buffer transposed).
-  const int mi = static_cast<int>(n), ni = static_cast<int>(m), ki = static_cast<int>(kk);
-  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-  const double one = 1, zero = 0;
-  dgemm_("N", "T", &mi, &ni, &ki, &one, b, &la, a, &lb, &zero, c, &lc, 1, 1);
-#else
-  const auto opts = at::TensorOptions().dtype(at::kDouble);
-  const at::Tensor ta = at::from_blob(const_cast<double*>(a), {kk, m}, {lda, 1}, opts);
-  const at::Tensor tb = at::from_blob(const_cast<double*>(b), {kk, n}, {ldb, 1}, opts);
-  at::Tensor tc = at::from_blob(c, {m, n}, {ldc, 1}, opts);
-  at::mm_out(tc, ta.t(), tb);
+  at::mm_out(tc, ta, tb);
 #endif
 }
 
@@ -80,20 +67,20 @@ void gram_upper(const double* z, int64_t rows, int64_t cols, double* g, int64_t 
   for (int64_t j0 = 0; j0 < side; j0 += width) {
     const int64_t j1 = std::min(side, j0 + width);  // G[0:j1, j0:j1]: block column j, down to the diagonal
     if (wide)
-      gemm_abt_impl(j1, j1 - j0, inner, z, cols, z + j0 * cols, cols, g + j0, ldg);
+      gemm_impl(false, j1, j1 - j0, inner, z, cols, z + j0 * cols, cols, g + j0, ldg);
     else
-      gemm_atb(j1, j1 - j0, inner, z, cols, z + j0, cols, g + j0, ldg);
+      gemm_impl(true, j1, j1 - j0, inner, z, cols, z + j0, cols, g + j0, ldg);
   }
 }
 
 void gemm_abt(int64_t m, int64_t n, int64_t kk, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
               int64_t ldc) {
-  gemm_abt_impl(m, n, kk, a, lda, b, ldb, c, ldc);
+  gemm_impl(false, m, n, kk, a, lda, b, ldb, c, ldc);
 }
 
 void gemm_abt(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
               int64_t ldc) {
-  gemm_abt_impl(m, n, kk, a, lda, b, ldb, c, ldc);
+  gemm_impl(false, m, n, kk, a, lda, b, ldb, c, ldc);
 }
 
 void SymmetricEigen::solve(double* a, int64_t n, int64_t lda, double* w, bool vectors) {

@@ -81,7 +81,7 @@ class DemoConfig:
     The defaults are ``make demo`` (``dse demo``): plain DINO and DINO + DSE at the paper's β,
     one seed each, side by side: about 5 minutes on 2 cores, so within 15 minutes on a machine 3×
     slower.
-    :meth:`full` is ``dse demo --full`` (3 seeds, MoCo v3 too and a β sweep; about 32 minutes on 2
+    :meth:`full` is ``dse demo --full`` (3 seeds, MoCo v3 too and a β sweep; about 29 minutes on 2
     cores); :meth:`quick` is a smoke run whose numbers mean nothing.
     """
 
