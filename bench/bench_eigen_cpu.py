@@ -15,20 +15,10 @@ accuracy question a float32 solver would raise.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
-
-
-def median_ms(f, repeats: int) -> float:
-    f()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+from _timing import median_ms
 
 
 def main() -> None:

@@ -11,22 +11,12 @@ the CPU kernel instead (one column).
 
 import argparse
 import statistics
-import time
 
 import torch
 
 import dse_ext
+from _timing import median_ms
 from dse_ext import _C
-
-
-def timed_cpu(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def timed(fn, repeats: int) -> float:
@@ -56,7 +46,7 @@ def main() -> None:
         gen = torch.Generator().manual_seed(0)
         for n in args.sizes:
             x = torch.randn(args.batch, n, 384, generator=gen)
-            print(f"| {n} | {timed_cpu(lambda: torch.ops.dse.effective_rank(x), args.repeats):.2f} |", flush=True)
+            print(f"| {n} | {median_ms(lambda: torch.ops.dse.effective_rank(x), args.repeats):.2f} |", flush=True)
         return
     if not (torch.cuda.is_available() and dse_ext.cuda_built()):
         raise SystemExit("bench_eigen_cuda: needs a GPU and a CUDA build of dse_ext (or pass --device cpu)")
