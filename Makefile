@@ -76,7 +76,7 @@ test-oldest-torch: $(OLD_VENV)/.deps
 demo: install
 	$(VENV)/bin/dse demo --out demo-out
 
-# The committed run in docs/demo/: 3 seeds, MoCo v3 and a beta sweep (about 29 min on 2 cores).
+# The committed run in docs/demo/: 5 seeds, MoCo v3 and a beta sweep (about 48 min on 2 cores).
 demo-full: install
 	$(VENV)/bin/dse demo --full --out demo-out-full
 

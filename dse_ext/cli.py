@@ -148,13 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the DSE regularizer (beta = 1e-3, the paper's) from several seeds, scores every "
                                     "checkpoint (DSE, RankMe, dense RankMe, alpha-ReQ, LiDAR) against a linear probe's "
                                     "val mIoU and writes a report of what held (mean +- std over seeds). Default: one "
-                                    "seed each, about 5 minutes on 2 CPU cores; --full: 3 seeds, MoCo v3 and a beta "
-                                    "sweep, about 30 minutes; --quick: a smoke run of about a minute.")
+                                    "seed each, about 5 minutes on 2 CPU cores; --full: 5 seeds, MoCo v3 and a beta "
+                                    "sweep, about 50 minutes; --quick: a smoke run of about a minute.")
     size = dm.add_mutually_exclusive_group()
-    size.add_argument("--full", action="store_true", help="3 seeds, MoCo v3 and a beta sweep (about 30 minutes on 2 cores)")
+    size.add_argument("--full", action="store_true", help="5 seeds, MoCo v3 and a beta sweep (about 50 minutes on 2 cores)")
     size.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run, numbers meaningless)")
     dm.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
-    dm.add_argument("--seeds", type=_seed_list, help="training seeds, comma-separated (default: 0; --full 0,1,2)")
+    dm.add_argument("--seeds", type=_seed_list, help="training seeds, comma-separated (default: 0; --full 0,1,2,3,4)")
     dm.add_argument("--workers", type=_int_at_least(1), help="runs side by side, one torch thread each (default: one "
                                                              "per CPU core); 1 runs them here with progress bars")
     dm.add_argument("--no-progress", action="store_true")

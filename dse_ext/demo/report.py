@@ -4,19 +4,25 @@ Everything here works on plain rows and dicts (the per-checkpoint rows of ``resu
 per-trajectory summaries that :mod:`dse_ext.demo.run` builds from :func:`dse_ext.compare.compare_scores`),
 so a report can be rebuilt from a finished run's files.
 
-Definitions used in the findings, fixed before any run was looked at (issue-level, not tuned):
+Definitions used in the findings (the thresholds fixed before any run was looked at; the condition
+on the spread over seeds, :mod:`dse_ext.demo.verdicts`, added before the five-seed full run was):
 
 * **degradation** of a configuration: on the mIoU curve averaged over its seeds, the last
-  checkpoint is at least :data:`DEGRADATION_DROP` below the curve's peak, and the peak lies
-  after the first :data:`EARLY_FRACTION` of training;
-* a score **beats** another on a configuration when its mean τ over the seeds is higher by more
-  than :data:`TAU_TIE`; how many seeds agree is stated next to it;
-* **selection gains** when the mean mIoU gain of the selected checkpoint over the last one is
-  above :data:`NEGLIGIBLE` (it **loses** below −:data:`NEGLIGIBLE`); the spread and the seeds that
-  agree are stated next to it;
+  checkpoint is at least :data:`DEGRADATION_DROP` below the curve's peak, the peak lies after the
+  first :data:`EARLY_FRACTION` of training, and the 95 % interval of the seeds' drops (each seed's
+  mIoU at that peak epoch minus its last) lies above zero; it **does not degrade** when that
+  interval lies below :data:`DEGRADATION_DROP`;
+* DSE_λ **beats** a score on a configuration when their τ differ, paired by seed, by more than
+  :data:`TAU_TIE` on average with the interval of the differences above zero (**loses to** in the
+  mirror case, **ties with** when the interval lies within ± :data:`TAU_TIE`);
+* **selection gains** when the mean mIoU gain of the selected checkpoint over the last one is above
+  :data:`NEGLIGIBLE` with its interval above zero (it **loses** in the mirror case; **no effect**
+  when the interval lies within ± :data:`NEGLIGIBLE`);
 * the **regularizer helps** when the paired (same seed) change of the last checkpoint's mIoU against
-  the plain run is above :data:`NEGLIGIBLE` on average (it **hurts** below −:data:`NEGLIGIBLE`);
-  again with its spread and the seeds that agree.
+  the plain run passes the same test (it **hurts**, or has **no effect**, likewise).
+
+Anything else is **not established**: the seeds do not decide it, and another machine may see it
+either way.
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ import statistics
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from . import verdicts as _verdicts
+from .verdicts import NOT_ESTABLISHED, interval
+
 __all__ = ["SCORES", "SCORE_LABELS", "BASELINES", "DEGRADATION_DROP", "EARLY_FRACTION", "NEGLIGIBLE", "stats", "fmt_stats",
-           "summarise_config", "summarise_regularization", "findings", "tau_table", "report_markdown", "console_table",
+           "summarise_config", "summarise_regularization", "drops_at_peak", "verdicts", "refresh", "findings", "tau_table", "report_markdown", "console_table",
            "plot_demo"]
 
 # What the report compares, with how each enters Kendall τ (higher = predicted better).
@@ -98,6 +107,8 @@ def summarise_config(name: str, method: str, dse_weight: float, epochs: int,
     early = common[peak] <= EARLY_FRACTION * epochs
     per_seed_peak = [max(by_seed[s].values()) for s in seeds]
     per_seed_last = [rows[s][-1]["miou"] for s in seeds]
+    at_peak = drops_at_peak(rows, common[peak])
+    verdict = _verdicts.degradation(drop, at_peak, early, DEGRADATION_DROP)
     tau = {score: stats([trajectories[s]["tau"].get(score) for s in seeds]) for score in SCORES}
     gain = {score: stats([trajectories[s]["selection_by_score"].get(score, {}).get("gain_vs_last") for s in seeds])
             for score in SCORES}
@@ -106,14 +117,21 @@ def summarise_config(name: str, method: str, dse_weight: float, epochs: int,
         "curve": {"epochs": common, "mean": mean_curve, "std": std_curve},
         "init_miou": mean_curve[0], "peak_epoch": common[peak], "peak_miou": mean_curve[peak],
         "last_epoch": common[-1], "last_miou": mean_curve[-1], "drop": drop, "peak_is_early": early,
-        "degraded": bool(drop >= DEGRADATION_DROP and not early),
+        "degradation": verdict, "degraded": verdict == "degrades",
         "seed_peak": stats(per_seed_peak), "seed_last": stats(per_seed_last),
-        "seed_drop": stats([p - l for p, l in zip(per_seed_peak, per_seed_last)]),
+        "seed_drop": stats([p - l for p, l in zip(per_seed_peak, per_seed_last)]), "seed_drop_at_peak": at_peak,
         "seed_peak_epoch": [max(rows[s], key=lambda r: r["miou"])["epoch"] for s in seeds],
         "tau": tau, "gain_vs_last": gain,
         "selected_epoch": [trajectories[s]["selected_epoch"] for s in seeds],
         "lambda": stats([trajectories[s]["lambda"] for s in seeds]),
     }
+
+
+def drops_at_peak(rows: dict[int, list[dict]], peak_epoch: int) -> dict:
+    """Stats of each seed's mIoU at ``peak_epoch`` (the mean curve's peak) minus its last
+    checkpoint's: their mean is the mean curve's drop, their spread that drop's uncertainty."""
+    return stats([next(r["miou"] for r in rows[s] if r["epoch"] == peak_epoch) - rows[s][-1]["miou"]
+                  for s in sorted(rows)])
 
 
 def summarise_regularization(configs: dict[str, dict], rows: dict[str, dict[int, list[dict]]]) -> list[dict]:
@@ -136,60 +154,143 @@ def summarise_regularization(configs: dict[str, dict], rows: dict[str, dict[int,
     return out
 
 
-def findings(summary: dict) -> list[str]:
-    """What held and what did not, in plain words with the numbers; the unflattering ones included."""
-    out = []
-    configs, regs = summary["configs"], summary.get("regularization", [])
-    plain = {n: c for n, c in configs.items() if not c["dse_weight"]}
+def _tau_differences(c: dict, baseline: str) -> dict:
+    """Stats of τ(DSE_λ) − τ(baseline), paired by seed (seeds where either is undefined left out)."""
+    return stats([a - b for a, b in zip(c["tau"]["dse_lambda"]["values"], c["tau"][baseline]["values"])
+                  if a is not None and b is not None])
+
+
+def _key_tau(name: str, baseline: str) -> str:
+    return f"τ on {name}: DSE_λ vs {SCORE_LABELS[baseline]}"
+
+
+def _key_regularizer(r: dict) -> str:
+    return f"regularizer β={r['beta']:g} on {r['plain']}"
+
+
+def verdicts(summary: dict) -> dict[str, str]:
+    """Every conclusion of the report as one verdict (:mod:`dse_ext.demo.verdicts`), keyed by what
+    it is about: degradation of each configuration; on each plain configuration, DSE_λ against
+    each baseline and the gain of its selection; each regularized configuration against its plain
+    one. Two runs' verdicts compare with :func:`dse_ext.demo.verdicts.contradictions`."""
+    configs = summary["configs"]
+    out = {f"degradation of {n}": c["degradation"] for n, c in configs.items()}
     for name, c in configs.items():
-        n = len(c["seeds"])
-        curve = (f"mean mIoU over {n} seed{'s' if n > 1 else ''} peaks at epoch {c['peak_epoch']} "
-                 f"({c['peak_miou']:.3f}) and ends at {c['last_miou']:.3f} (drop {c['drop']:+.3f}; per seed "
-                 f"{fmt_stats(c['seed_drop'], 3)})")
-        if c["degraded"]:
-            verdict = "degrades" + (" on its own" if not c["dse_weight"] else "")
-        elif c["peak_is_early"]:
-            verdict = "does not degrade: its peak is in the first 10 % of training (a failure to learn, not degradation)"
-        else:
-            verdict = f"does not degrade (the drop is under {DEGRADATION_DROP})"
-        out.append(f"**{name}** {verdict}: {curve}.")
-    degrading = [n for n, c in plain.items() if c["degraded"]]
-    if not degrading:
-        out.append("**The toy does not reproduce dense degradation** in any plain run here, so τ on these runs "
-                   "mostly measures whether a score grows with training.")
-    for name in degrading or list(plain):
-        c = configs[name]
-        t = c["tau"]
-        dse = t["dse_lambda"]["mean"]
-        if dse is None:
+        if c["dse_weight"] or c["tau"]["dse_lambda"]["mean"] is None:
             continue
-        present = [b for b in BASELINES if t[b]["mean"] is not None]
-        beaten = [SCORE_LABELS[b] for b in present if t[b]["mean"] > dse - TAU_TIE]
-        pairs = {b: [(a, o) for a, o in zip(t["dse_lambda"]["values"], t[b]["values"])
-                     if a is not None and o is not None] for b in present}
-        versus = ", ".join(f"{SCORE_LABELS[b]} {fmt_stats(t[b])} (below DSE_λ in {sum(a > o for a, o in pairs[b])} "
-                           f"of {len(pairs[b])} seeds)" for b in present)
-        head = (f"DSE_λ beats every baseline and the epoch number on {name}" if not beaten else
-                f"DSE_λ does not beat {', '.join(beaten)} on {name}")
-        out.append(f"{head}: τ(DSE_λ) {fmt_stats(t['dse_lambda'])}, official DSE {fmt_stats(t['dse'])}; {versus}.")
-        g = c["gain_vs_last"]["dse_lambda"]
-        if g["mean"] is not None:
-            verdict = _verdict(g["mean"], "gains", "loses", "neither gains nor loses")
-            out.append(f"Selection by DSE_λ's top local maximum {verdict} on {name}: {fmt_stats(g, 3)} mIoU over the "
-                       f"last checkpoint ({_agree(g['values'])}); selected epochs {c['selected_epoch']}.")
-    for r in regs:
-        ch, pk = r["last_change"], r["peak_change"]
-        if ch["mean"] is None:
-            continue
-        verdict = _verdict(ch["mean"], "helps", "hurts", "has no measurable effect on")
-        out.append(f"The regularizer at β = {r['beta']:g} {verdict} {r['plain']}: last-checkpoint mIoU "
-                   f"{fmt_stats(ch, 3)} against the plain run, paired by seed ({_agree(ch['values'])}); "
-                   f"peak mIoU {fmt_stats(pk, 3)}.")
+        for b in BASELINES:
+            v = _verdicts.effect(_tau_differences(c, b), TAU_TIE, ("beats", "loses to", "ties with"))
+            if v is not None:
+                out[_key_tau(name, b)] = v
+        v = _verdicts.effect(c["gain_vs_last"]["dse_lambda"], NEGLIGIBLE, ("gains", "loses", "no effect"))
+        if v is not None:
+            out[f"selection by DSE_λ on {name}"] = v
+    for r in summary.get("regularization", []):
+        v = _verdicts.effect(r["last_change"], NEGLIGIBLE, ("helps", "hurts", "no effect"))
+        if v is not None:
+            out[_key_regularizer(r)] = v
     return out
 
 
-def _verdict(mean: float, up: str, down: str, neither: str) -> str:
-    return up if mean > NEGLIGIBLE else down if mean < -NEGLIGIBLE else neither
+def refresh(summary: dict, rows: list[dict]) -> dict:
+    """Recomputes, in place, what the report derives from a finished run's rows (``results.csv``) and
+    summary: each configuration's per-seed drops at its peak and its degradation verdict, the
+    verdicts and the findings. For a summary written by an older version of the report."""
+    for name, c in summary["configs"].items():
+        by_seed = {s: sorted((r for r in rows if r["run"] == name and r["seed"] == s), key=lambda r: r["epoch"])
+                   for s in c["seeds"]}
+        c["seed_drop_at_peak"] = drops_at_peak(by_seed, c["peak_epoch"])
+        c["degradation"] = _verdicts.degradation(c["drop"], c["seed_drop_at_peak"], c["peak_is_early"],
+                                                 DEGRADATION_DROP)
+        c["degraded"] = c["degradation"] == "degrades"
+    summary["definitions"] = definitions()
+    summary["verdicts"] = verdicts(summary)
+    summary["findings"] = findings(summary)
+    return summary
+
+
+def definitions() -> dict:
+    """The thresholds and the confidence level behind the verdicts (``summary.json``)."""
+    return {"degradation_drop": DEGRADATION_DROP, "early_fraction": EARLY_FRACTION, "negligible": NEGLIGIBLE,
+            "tau_tie": TAU_TIE, "confidence": _verdicts.CONFIDENCE}
+
+
+def _ci(s: dict, digits: int = 3) -> str:
+    """``95 % interval [+0.010, +0.048]``; with one seed, that there is none."""
+    ci = interval(s)
+    if ci is None:
+        return "one seed, no interval"
+    return f"{_verdicts.CONFIDENCE:.0%} interval [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+
+
+_DEGRADATION_WORDS = {
+    "degrades": "degrades",
+    "does not degrade": f"does not degrade (the interval of its drop lies below {DEGRADATION_DROP})",
+    "early peak": "does not degrade: its peak is in the first 10 % of training (a failure to learn, not degradation)",
+    NOT_ESTABLISHED: (f"degradation **not established** (it needs a mean drop of at least {DEGRADATION_DROP} with the "
+                      f"interval above zero, or the interval below {DEGRADATION_DROP} to rule it out)"),
+}
+_EFFECT_WORDS = {"gains": "gains", "loses": "loses", "no effect": "has no effect",
+                 "helps": "helps", "hurts": "hurts", NOT_ESTABLISHED: "is **not established** either way"}
+
+
+def findings(summary: dict) -> list[str]:
+    """What held, what did not and what the seeds leave open, in plain words with the numbers and
+    their intervals; the unflattering ones included."""
+    out = []
+    configs, regs = summary["configs"], summary.get("regularization", [])
+    verdict = summary.get("verdicts") or verdicts(summary)
+    plain = {n: c for n, c in configs.items() if not c["dse_weight"]}
+    single = any(len(c["seeds"]) < 2 for c in configs.values())
+    if single:
+        out.append("**One seed per configuration**: no verdict below has an interval, so each may go the other way "
+                   "on another machine; `dse demo --full` runs five seeds.")
+    for name, c in configs.items():
+        n = len(c["seeds"])
+        at_peak = c.get("seed_drop_at_peak") or c["seed_drop"]
+        words = _DEGRADATION_WORDS[c["degradation"]]
+        if c["degradation"] == "degrades" and not c["dse_weight"]:
+            words += " on its own"
+        out.append(f"**{name}** {words}: mean mIoU over {n} seed{'s' if n > 1 else ''} peaks at epoch "
+                   f"{c['peak_epoch']} ({c['peak_miou']:.3f}) and ends at {c['last_miou']:.3f}, a drop of "
+                   f"{c['drop']:+.3f} ({_ci(at_peak)}; each seed's own peak to last: "
+                   f"{fmt_stats(c['seed_drop'], 3)}).")
+    degrading = [n for n, c in plain.items() if c["degradation"] == "degrades"]
+    if not degrading:
+        out.append("**Dense degradation is not shown** by any plain run here, so τ on these runs mostly measures "
+                   "whether a score grows with training.")
+    for name in degrading or list(plain):
+        c = configs[name]
+        t = c["tau"]
+        if t["dse_lambda"]["mean"] is None:
+            continue
+        groups: dict[str, list[str]] = {}
+        for b in BASELINES:
+            v = verdict.get(_key_tau(name, b))
+            if v is None:
+                continue
+            d = _tau_differences(c, b)
+            groups.setdefault(v, []).append(f"{SCORE_LABELS[b]} (τ {fmt_stats(t[b])}; difference "
+                                            f"{fmt_stats(d)}, {_ci(d, 2)})")
+        parts = [f"{'is not distinguishable from' if v == NOT_ESTABLISHED else v} {'; '.join(items)}"
+                 for v, items in groups.items()]
+        out.append(f"On {name}, DSE_λ (τ {fmt_stats(t['dse_lambda'])}; official DSE {fmt_stats(t['dse'])}) "
+                   + ", and ".join(parts) + ".")
+        g = c["gain_vs_last"]["dse_lambda"]
+        v = verdict.get(f"selection by DSE_λ on {name}")
+        if v is not None:
+            out.append(f"Selection by DSE_λ's top local maximum on {name} {_EFFECT_WORDS[v]}: {fmt_stats(g, 3)} mIoU "
+                       f"over the last checkpoint ({_ci(g)}; {_agree(g['values'])}); selected epochs "
+                       f"{c['selected_epoch']}.")
+    for r in regs:
+        v = verdict.get(_key_regularizer(r))
+        if v is None:
+            continue
+        ch, pk = r["last_change"], r["peak_change"]
+        out.append(f"The regularizer at β = {r['beta']:g} on {r['plain']} {_EFFECT_WORDS[v]}: last-checkpoint mIoU "
+                   f"{fmt_stats(ch, 3)} against the plain run, paired by seed ({_ci(ch)}; {_agree(ch['values'])}); "
+                   f"peak mIoU {fmt_stats(pk, 3)}.")
+    return out
 
 
 def _stage_line(summary: dict) -> str:
@@ -241,21 +342,31 @@ def report_markdown(summary: dict) -> str:
            "dse,rankme,dense_rankme,alpha_req,lidar`; τ and selections by `dse compare` "
            "(`dse compare scores.csv --truth truth.csv --extra neg_train_loss` in this folder reproduces every "
            "per-seed number; `per_seed.csv` lists them). Numbers are mean ± sample standard deviation over seeds.",
-           "", f"Definitions, fixed before the runs: a configuration **degrades** when its mean mIoU curve ends at "
-               f"least {DEGRADATION_DROP} below its peak and the peak is after the first {EARLY_FRACTION:.0%} of "
-               f"training; a score **beats** another when its mean τ is higher by more than {TAU_TIE}; a selection "
-               f"**gains** (the regularizer **helps**) when the mean mIoU change is above {NEGLIGIBLE}, and "
-               f"**loses** (**hurts**) below −{NEGLIGIBLE}.",
-           "", "![demo](demo.png)", "", "## What held", ""]
+           "", f"Definitions (the thresholds fixed before the first run; the condition on the seeds' spread added "
+               f"before the five-seed full run was looked at): a configuration **degrades** when its mean mIoU curve "
+               f"ends at least {DEGRADATION_DROP} below its peak, the peak is after the first {EARLY_FRACTION:.0%} of "
+               f"training and the {_verdicts.CONFIDENCE:.0%} interval of the seeds' drops (Student's t over seeds) lies "
+               f"above zero, and **does not degrade** when that interval lies below {DEGRADATION_DROP}; DSE_λ **beats** "
+               f"a score when their τ differ by more than {TAU_TIE} on average, paired by seed, with the interval "
+               f"above zero (**loses to** in the mirror case); a selection **gains** (the regularizer **helps**) when "
+               f"the mean mIoU change is above {NEGLIGIBLE} with its interval above zero (**loses**, **hurts** in the "
+               f"mirror case; **no effect** when the whole interval lies within ±{NEGLIGIBLE}). Anything else is "
+               f"**not established**: the seeds do not decide it, and another machine may see it either way; two runs "
+               f"contradict each other only where both give a definite verdict and they differ "
+               f"(`python -m dse_ext.demo.verdicts A/summary.json B/summary.json`).",
+           "", "![demo](demo.png)", "", "## What held, what did not, what is not established", ""]
     md += [f"- {line}" for line in findings(summary)]
     md += ["", "## Dense degradation (mean mIoU curve over seeds)", "",
-           "| configuration | seeds | init | peak (epoch) | last | drop | per-seed drop | degraded |",
-           "|---|---|---|---|---|---|---|---|"]
+           f"| configuration | seeds | init | peak (epoch) | last | drop | {_verdicts.CONFIDENCE:.0%} interval | "
+           "each seed's peak to last | verdict |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for n in names:
         c = configs[n]
+        ci = interval(c["seed_drop_at_peak"])
         md.append(f"| {n} | {len(c['seeds'])} | {c['init_miou']:.3f} | {c['peak_miou']:.3f} ({c['peak_epoch']}) | "
-                  f"{c['last_miou']:.3f} | {c['drop']:+.3f} | {fmt_stats(c['seed_drop'], 3)} | "
-                  f"{'yes' if c['degraded'] else 'no'} |")
+                  f"{c['last_miou']:.3f} | {c['drop']:+.3f} | "
+                  f"{'n/a' if ci is None else f'[{ci[0]:+.3f}, {ci[1]:+.3f}]'} | {fmt_stats(c['seed_drop'], 3)} | "
+                  f"{c['degradation']} |")
     md += ["", "## Kendall τ of each score with mIoU", "", tau_table(summary)]
     md += ["", "## Selection: mIoU gain of each score's top local maximum over the last checkpoint", "",
            "| score | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -273,6 +384,8 @@ def report_markdown(summary: dict) -> str:
             md.append(f"| {r['regularized']} | {r['beta']:g} | {r['last_miou'][0]:.3f} → {r['last_miou'][1]:.3f} | "
                       f"{fmt_stats(r['last_change'], 3)} | {fmt_stats(r['peak_change'], 3)} | "
                       f"{_agree(r['last_change']['values'])} |")
+    md += ["", "## Verdicts", "", "| conclusion | verdict |", "|---|---|"]
+    md += [f"| {k} | {v} |" for k, v in (summary.get("verdicts") or verdicts(summary)).items()]
     return "\n".join(md) + "\n"
 
 
@@ -290,9 +403,9 @@ def console_table(summary: dict) -> str:
     for n in names:
         c = configs[n]
         lines.append(f"{n:<{width}} {c['init_miou']:.3f} → {c['peak_miou']:.3f} (ep {c['peak_epoch']}) → "
-                     f"{c['last_miou']:.3f}{'  degraded' if c['degraded'] else ''}; gain "
+                     f"{c['last_miou']:.3f} ({c['degradation']}); gain "
                      f"{fmt_stats(c['gain_vs_last']['dse_lambda'], 3)}")
-    lines += ["", "What held:"] + [f"- {line.replace('**', '')}" for line in findings(summary)]
+    lines += ["", "What held, what did not, what is not established:"] + [f"- {line.replace('**', '')}" for line in findings(summary)]
     return "\n".join(lines)
 
 

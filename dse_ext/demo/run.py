@@ -81,7 +81,7 @@ class DemoConfig:
     The defaults are ``make demo`` (``dse demo``): plain DINO and DINO + DSE at the paper's β,
     one seed each, side by side: about 5 minutes on 2 cores, so within 15 minutes on a machine 3×
     slower.
-    :meth:`full` is ``dse demo --full`` (3 seeds, MoCo v3 too and a β sweep; about 29 minutes on 2
+    :meth:`full` is ``dse demo --full`` (5 seeds, MoCo v3 too and a β sweep; about 48 minutes on 2
     cores); :meth:`quick` is a smoke run whose numbers mean nothing.
     """
 
@@ -109,7 +109,7 @@ class DemoConfig:
 
     @classmethod
     def full(cls) -> "DemoConfig":
-        return cls(mode="full", seeds=(0, 1, 2),
+        return cls(mode="full", seeds=(0, 1, 2, 3, 4),
                    runs=(RunSpec("dino"), RunSpec("mocov3"), RunSpec("dino", PAPER_BETA), RunSpec("dino", 1e-2),
                          RunSpec("dino", 1e-1)))
 
@@ -388,8 +388,8 @@ def summarise(rows: list[dict], config: DemoConfig) -> dict:
     summary = {"mode": config.mode, "config": _jsonable(asdict(config)), "reduced": config.reduced(),
                "machine": _machine(), "trajectories": trajectories, "configs": configs,
                "regularization": _report.summarise_regularization(configs, rows_by),
-               "definitions": {"degradation_drop": _report.DEGRADATION_DROP,
-                               "early_fraction": _report.EARLY_FRACTION}}
+               "definitions": _report.definitions()}
+    summary["verdicts"] = _report.verdicts(summary)
     summary["findings"] = _report.findings(summary)
     return summary
 
@@ -478,8 +478,10 @@ def _write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
 
 
 def rebuild_report(out_dir: str | Path) -> None:
-    """Writes ``report.md`` and ``demo.png`` of a finished run again from its ``summary.json`` and
-    ``results.csv`` (after a change to the report's wording or figure; nothing is recomputed)."""
+    """Writes ``summary.json``, ``report.md`` and ``demo.png`` of a finished run again from its
+    ``summary.json`` and ``results.csv``, after a change to the report's verdicts, wording or figure:
+    the verdicts and findings are derived again (:func:`dse_ext.demo.report.refresh`); no run, score
+    or τ is recomputed."""
     out = Path(out_dir)
     summary = json.loads((out / "summary.json").read_text())
     with open(out / "results.csv", newline="") as f:
@@ -489,5 +491,7 @@ def rebuild_report(out_dir: str | Path) -> None:
         for key, value in row.items():
             if key not in text:
                 row[key] = None if value == "" else int(value) if key in ("seed", "epoch") else float(value)
+    _report.refresh(summary, rows)
+    (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
     _report.plot_demo(out / "demo.png", rows, summary)
     (out / "report.md").write_text(_report.report_markdown(summary))
