@@ -85,3 +85,6 @@ def test_command_line_compares_two_summaries(tmp_path, capsys):
     old.write_text(json.dumps({"configs": {}}))
     assert V.main([paths[0], str(old)]) == 2 and "rebuild" in capsys.readouterr().err
     assert V.main([paths[0]]) == 2
+    assert V.main([paths[0], str(tmp_path / "missing.json")]) == 2 and "cannot read" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert V.main([paths[0], str(tmp_path / "bad.json")]) == 2 and "cannot read" in capsys.readouterr().err

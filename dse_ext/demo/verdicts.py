@@ -116,8 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     runs = []
     for path in argv:
-        summary = json.loads(open(path).read())
-        if "verdicts" not in summary:
+        try:
+            with open(path) as f:
+                summary = json.load(f)
+        except (OSError, ValueError) as e:
+            print(f"cannot read {path}: {e}", file=sys.stderr)
+            return 2
+        if not isinstance(summary, dict) or "verdicts" not in summary:
             print(f"{path} has no verdicts (a summary written before they existed): rebuild it with "
                   f"dse_ext.demo.run.rebuild_report", file=sys.stderr)
             return 2
