@@ -20,6 +20,12 @@ avoid (:func:`regularizer_floor_flops`: k-means GEMMs, Grams, eigensolves with v
 backward's products) divided by GEMM rates measured in the same run, so ``ext / floor`` does not
 depend on how fast the machine is.
 
+Each size gets one row per ``--group-sizes`` entry: ``all`` is DSERegularizer's default (the
+global clustering over the whole batch: 24 clusters of B·N/24 tokens, whose Grams are d × d),
+``8`` is lightly's grouping (24 clusters per 8 images, Grams of about N/3 × N/3), the same work
+as lightly's port, so only that row's "lightly / ext" compares implementations; on the first
+row it compares two different computations.
+
     python bench/bench_regularizer.py
     python bench/bench_regularizer.py --sizes 64x196x384 --repeats 5 --no-vit
     python bench/bench_regularizer.py --device cuda --sizes 256x196x384 --no-reference   # the CUDA target
@@ -42,6 +48,9 @@ TARGETS = {("cuda", "256x196x384"): (5.0, 0.03)}
 # (device, size) -> (min speed-up over lightly's port, max multiple of the floor, max share of a
 # ViT-S/16 step) on 2 CPU cores (issue #15).
 CPU_TARGETS = {("cpu", "64x196x384"): (5.0, 1.5, 0.05), ("cpu", "256x196x384"): (5.0, 1.5, 0.05)}
+# lightly's port clusters globally over groups of global_clusters // local_clusters = 24 // 3 = 8
+# images; DSERegularizer does the same work with group_size=8 (its default is the whole batch).
+LIGHTLY_GROUP = 8
 
 
 def parse_size(s: str) -> tuple[int, int, int]:
@@ -50,9 +59,10 @@ def parse_size(s: str) -> tuple[int, int, int]:
 
 
 def regularizer_floor_flops(B: int, N: int, d: int, iters_local: float, iters_global: float,
-                            k_l: int = 3, k_g: int = 24) -> tuple[float, float]:
+                            k_l: int = 3, k_g: int = 24, group_size: int | None = None) -> tuple[float, float]:
     """(float32 FLOPs, float64 FLOPs) that the regularizer's forward + backward cannot avoid
-    (defaults: the whole batch as one group, pooled M_dim).
+    (pooled M_dim; the global clustering over groups of ``group_size`` images, ``None``: the
+    whole batch as one group, the default).
 
     - k-means (float32, no gradient): per run, k seeding passes, one distance GEMM per update and
       the final assignment (2·n·d·k each) plus the centroid sums (n·d per update); per image with
@@ -75,7 +85,9 @@ def regularizer_floor_flops(B: int, N: int, d: int, iters_local: float, iters_gl
         m = min(n, d)
         return m * m * max(n, d) + (4 / 3 + 2) * m ** 3 + 2 * m ** 3 + 2 * n * d * m
 
-    f64 = B * k_l * term(N / k_l) + k_g * term(B * N / k_g) + term(B * N)
+    G = B if group_size is None else min(group_size, B)
+    groups = [G] * (B // G) + ([B % G] if B % G else [])
+    f64 = B * k_l * term(N / k_l) + sum(k_g * term(g * N / k_g) for g in groups) + term(B * N)
     return f32, f64
 
 
@@ -97,9 +109,10 @@ def gemm_rates() -> tuple[float, float]:
     return rate(x32, c32, 20), rate(z64, z64.transpose(1, 2), 10)
 
 
-def kmeans_iterations(size: str) -> tuple[float, float]:
-    """Mean k-means updates of the regularizer's two clusterings (local k=3, whole batch k=24) on the
-    benchmark's tokens, as the compiled op reports them."""
+def kmeans_iterations(size: str, group_size: int | None = None) -> tuple[float, float]:
+    """Mean k-means updates of the regularizer's two clusterings (local k=3, global k=24 over groups
+    of ``group_size`` images, ``None``: the whole batch) on the benchmark's tokens, as the compiled
+    op reports them (the global mean weighted by the groups' tokens)."""
     import torch
 
     import dse_ext  # noqa: F401  (registers torch.ops.dse)
@@ -107,8 +120,12 @@ def kmeans_iterations(size: str) -> tuple[float, float]:
     B, N, d = parse_size(size)
     x = torch.nn.functional.normalize(torch.randn(B, N, d, generator=torch.Generator().manual_seed(0)), dim=-1)
     it_l = torch.ops.dse.kmeans(x, torch.full((B,), N, dtype=torch.long), 3, 20, 1e-4, 0, 0)[2]
-    it_g = torch.ops.dse.kmeans(x.reshape(1, B * N, d), torch.tensor([B * N]), 24, 20, 1e-4, 0, 0)[2]
-    return float(it_l.float().mean()), float(it_g.float().mean())
+    G = B if group_size is None else min(group_size, B)
+    P = -(-B // G)
+    xg = torch.cat([x, x.new_zeros(P * G - B, N, d)]).reshape(P, G * N, d)
+    counts = torch.tensor([min(G, B - p * G) * N for p in range(P)])
+    it_g = torch.ops.dse.kmeans(xg, counts, 24, 20, 1e-4, 0, 0)[2]
+    return float(it_l.float().mean()), float((it_g.double() * counts).sum() / counts.sum())
 
 
 def time_lightly(size: str, repeats: int) -> dict:
@@ -141,14 +158,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_regularizer(size: str, backend: str, repeats: int, device: str) -> dict:
+def time_regularizer(size: str, backend: str, repeats: int, device: str, group_size: int | None = None) -> dict:
     import torch
 
     import dse_ext
 
     B, N, d = parse_size(size)
     tokens = torch.randn(B, N, d, generator=torch.Generator().manual_seed(0)).to(device).requires_grad_(True)
-    reg = dse_ext.DSERegularizer(backend=backend)
+    reg = dse_ext.DSERegularizer(backend=backend, group_size=group_size)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -212,9 +229,27 @@ def run_json(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def parse_group(value: str) -> int | None:
+    """``--group-sizes`` entry: ``all`` (the whole batch as one group) or a positive int."""
+    if value == "all":
+        return None
+    size = int(value)
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"group sizes are 'all' or a positive int, got {value!r}")
+    return size
+
+
+def group_label(group: int | None) -> str:
+    return "whole batch" if group is None else f"{group} images" + (" (lightly's)" if group == LIGHTLY_GROUP else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="BxNxd sizes")
+    parser.add_argument("--group-sizes", nargs="+", type=parse_group, default=[None, LIGHTLY_GROUP],
+                        help="group_size of DSERegularizer, one row each: 'all' (the default, the whole batch as "
+                             f"one group) or images per group ({LIGHTLY_GROUP}: lightly's grouping, the same work as "
+                             "its port)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (after one warm-up)")
     parser.add_argument("--no-reference", action="store_true", help="time the compiled backend only")
     parser.add_argument("--no-vit", action="store_true", help="skip the ViT-S/16 training step")
@@ -222,24 +257,26 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--vit-dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="autocast dtype of the ViT step (default: bfloat16 on CUDA, float32 on the CPU)")
-    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        kind, size, repeats, device, dtype = args.worker
+        kind, size, repeats, device, dtype, group_arg = args.worker
+        group = parse_group(group_arg)
         if kind == "vit":
             result = time_vit(size, int(repeats), device, dtype)
         elif kind == "lightly":
             result = time_lightly(size, int(repeats))
         elif kind == "floor":
             B, N, d = parse_size(size)
-            f32, f64 = regularizer_floor_flops(B, N, d, *kmeans_iterations(size))
+            f32, f64 = regularizer_floor_flops(B, N, d, *kmeans_iterations(size, group), group_size=group)
             r32, r64 = gemm_rates()
             result = {"seconds": f32 / r32 + f64 / r64, "gflop32": f32 / 1e9, "gflop64": f64 / 1e9,
                       "rate32": r32 / 1e9, "rate64": r64 / 1e9}
         else:
-            result = time_regularizer(size, kind, int(repeats), device)
+            result = time_regularizer(size, kind, int(repeats), device, group)
         print(json.dumps(result))
         return
+    groups = args.group_sizes
     vit_dtype = args.vit_dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     vit_repeats = "3" if args.device.startswith("cuda") else "1"   # a CPU step at batch 256 takes long
 
@@ -250,53 +287,63 @@ def main() -> None:
     print(f"# dse_ext {dse_ext.__version__} regularizer benchmark on {args.device} — torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads, {time.strftime('%Y-%m-%d')}; build {dse_ext.build_info()}"
           + (f"; {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""))
-    print("DSERegularizer defaults (whole batch as one group, pooled M_dim); forward + backward, median of "
-          f"{args.repeats} calls after a warm-up; ViT-S/16 step = forward, backward and SGD update, "
-          + (f"{vit_dtype} autocast.\n" if vit_dtype != "float32" else "float32.\n"))
-    print("| B×N×d | ext fwd+bwd (ms) | ext peak GPU MB | lightly (ms) | lightly / ext | floor (ms) | ext / floor "
-          "| reference (ms) | ViT-S/16 step (ms) | ext / step |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("DSERegularizer (pooled M_dim; the global clustering over the group column's images: 'whole batch' is "
+          f"the default, '{LIGHTLY_GROUP} images' is lightly's grouping, the same work as its port); forward + "
+          f"backward, median of {args.repeats} calls after a warm-up; lightly = its DSERegularizer(weight=1e-3) "
+          "with its own defaults, the same on every row of a size; ViT-S/16 step = forward, backward and SGD "
+          "update, " + (f"{vit_dtype} autocast.\n" if vit_dtype != "float32" else "float32.\n"))
+    print("| B×N×d | global groups | ext fwd+bwd (ms) | ext peak GPU MB | lightly (ms) | lightly / ext | floor (ms) "
+          "| ext / floor | reference (ms) | ViT-S/16 step (ms) | ext / step |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     cpu = args.device == "cpu"
+    pad = " | | | | | | | | | |"
     floors = []
     for size in args.sizes:
-        ext_r = run_json(["--worker", "ext", size, str(args.repeats), args.device, vit_dtype])
-        ext = ext_r["seconds"]
-        lightly = (run_json(["--worker", "lightly", size, "1", "cpu", vit_dtype])["seconds"]
+        lightly = (run_json(["--worker", "lightly", size, "1", "cpu", vit_dtype, "all"])["seconds"]
                    if cpu and not args.no_lightly else None)
-        floor_r = run_json(["--worker", "floor", size, "1", "cpu", vit_dtype]) if cpu else None
-        floor = floor_r["seconds"] if floor_r else None
-        if floor_r:
-            floors.append((size, floor_r))
-        ref = None if args.no_reference else run_json(["--worker", "reference", size, "1", args.device, vit_dtype])["seconds"]
-        vit_r = {"seconds": None} if args.no_vit else run_json(["--worker", "vit", size, vit_repeats, args.device, vit_dtype])
+        vit_r = ({"seconds": None} if args.no_vit
+                 else run_json(["--worker", "vit", size, vit_repeats, args.device, vit_dtype, "all"]))
         vit = vit_r["seconds"]
-        ms = lambda v: f"{v * 1e3:.0f}" if v else "–"  # noqa: E731
-        vit_s = ms(vit)
-        if vit and vit_r["batch"] != parse_size(size)[0]:
-            vit_s += f" (batch {vit_r['batch']} ×{parse_size(size)[0] // vit_r['batch']})"
-        peak = f"{ext_r['peak_mb']:.0f}" if "peak_mb" in ext_r else "–"
-        print(f"| {size} | {ext * 1e3:.1f} | {peak} | {ms(lightly)} | {f'{lightly / ext:.1f}×' if lightly else '–'} "
-              f"| {f'{floor * 1e3:.3g}' if floor else '–'} | {f'{ext / floor:.1f}×' if floor else '–'} | {ms(ref)} "
-              f"| {vit_s} | {f'{100 * ext / vit:.1f}%' if vit else '–'} |", flush=True)
-        target = TARGETS.get((args.device, size))
-        if target:
-            met = ext * 1e3 <= target[0] and (vit is None or ext / vit < target[1])
-            share_s = f", {100 * ext / vit:.1f}% of the step" if vit else ", step not measured"
-            print(f"|  ↳ target ≤ {target[0]:.0f} ms and < {100 * target[1]:.0f}% of a ViT-S/16 step: "
-                  f"{'met' if met else 'MISSED'} ({ext * 1e3:.1f} ms{share_s}) | | | | | | | | | |", flush=True)
-        cpu_target = CPU_TARGETS.get((args.device, size))
-        if cpu_target:
-            speedup, over_floor, share = cpu_target
-            checks = [("≥ %.0f× lightly" % speedup, None if lightly is None else lightly / ext >= speedup),
-                      ("≤ %.1f× the floor" % over_floor, None if floor is None else ext / floor <= over_floor),
-                      ("< %.0f%% of a ViT-S/16 step" % (100 * share), None if vit is None else ext / vit < share)]
-            words = ", ".join(f"{name}: {'not measured' if ok is None else 'met' if ok else 'MISSED'}" for name, ok in checks)
-            print(f"|  ↳ CPU targets: {words} | | | | | | | | | |", flush=True)
-    for size, f in floors:
-        print(f"\nfloor at {size}: {f['gflop32']:.2f} GFLOP float32 (k-means) at {f['rate32']:.1f} GFLOP/s + "
-              f"{f['gflop64']:.2f} GFLOP float64 (Grams, eigensolves with vectors, backward products) at "
-              f"{f['rate64']:.1f} GFLOP/s (GEMM rates measured in the same run; regularizer_floor_flops says what is "
-              "counted)")
+        for group in groups:
+            g_arg = "all" if group is None else str(group)
+            ext_r = run_json(["--worker", "ext", size, str(args.repeats), args.device, vit_dtype, g_arg])
+            ext = ext_r["seconds"]
+            floor_r = run_json(["--worker", "floor", size, "1", "cpu", vit_dtype, g_arg]) if cpu else None
+            floor = floor_r["seconds"] if floor_r else None
+            if floor_r:
+                floors.append((size, group, floor_r))
+            ref = (None if args.no_reference
+                   else run_json(["--worker", "reference", size, "1", args.device, vit_dtype, g_arg])["seconds"])
+            ms = lambda v: f"{v * 1e3:.0f}" if v else "–"  # noqa: E731
+            vit_s = ms(vit)
+            if vit and vit_r["batch"] != parse_size(size)[0]:
+                vit_s += f" (batch {vit_r['batch']} ×{parse_size(size)[0] // vit_r['batch']})"
+            peak = f"{ext_r['peak_mb']:.0f}" if "peak_mb" in ext_r else "–"
+            print(f"| {size} | {group_label(group)} | {ext * 1e3:.1f} | {peak} | {ms(lightly)} "
+                  f"| {f'{lightly / ext:.1f}×' if lightly else '–'} | {f'{floor * 1e3:.3g}' if floor else '–'} "
+                  f"| {f'{ext / floor:.1f}×' if floor else '–'} | {ms(ref)} | {vit_s} "
+                  f"| {f'{100 * ext / vit:.1f}%' if vit else '–'} |", flush=True)
+            target = TARGETS.get((args.device, size)) if group is None else None
+            if target:
+                met = ext * 1e3 <= target[0] and (vit is None or ext / vit < target[1])
+                share_s = f", {100 * ext / vit:.1f}% of the step" if vit else ", step not measured"
+                print(f"|  ↳ target ≤ {target[0]:.0f} ms and < {100 * target[1]:.0f}% of a ViT-S/16 step: "
+                      f"{'met' if met else 'MISSED'} ({ext * 1e3:.1f} ms{share_s}){pad}", flush=True)
+            cpu_target = CPU_TARGETS.get((args.device, size))
+            if cpu_target:
+                speedup, over_floor, share = cpu_target
+                like = "same work as lightly" if group == LIGHTLY_GROUP else "more work than lightly's grouping"
+                checks = [(f"≥ {speedup:.0f}× lightly ({like})", None if lightly is None else lightly / ext >= speedup),
+                          (f"≤ {over_floor:.1f}× the floor", None if floor is None else ext / floor <= over_floor),
+                          (f"< {100 * share:.0f}% of a ViT-S/16 step", None if vit is None else ext / vit < share)]
+                words = ", ".join(f"{name}: {'not measured' if ok is None else 'met' if ok else 'MISSED'}"
+                                  for name, ok in checks)
+                print(f"|  ↳ CPU targets: {words}{pad}", flush=True)
+    for size, group, f in floors:
+        print(f"\nfloor at {size}, global groups of {group_label(group)}: {f['gflop32']:.2f} GFLOP float32 (k-means) "
+              f"at {f['rate32']:.1f} GFLOP/s + {f['gflop64']:.2f} GFLOP float64 (Grams, eigensolves with vectors, "
+              f"backward products) at {f['rate64']:.1f} GFLOP/s (GEMM rates measured in the same run; "
+              "regularizer_floor_flops says what is counted)")
 
 
 if __name__ == "__main__":

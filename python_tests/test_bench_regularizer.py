@@ -36,15 +36,40 @@ def test_floor_counts_what_the_docstring_says(bench):
     assert all(b > a for a, b in zip((f32, f64), bench.regularizer_floor_flops(2 * B, N, d, 5, 20)))
 
 
+def test_floor_of_groups_counts_each_group_s_clusters(bench):
+    B, N, d = 12, 196, 384
+    whole = bench.regularizer_floor_flops(B, N, d, 5, 20)
+    grouped = bench.regularizer_floor_flops(B, N, d, 5, 20, group_size=8)
+    assert grouped[0] == whole[0]  # k-means GEMMs do not depend on the grouping
+
+    def term(n):
+        m = min(n, d)
+        return m * m * max(n, d) + (10 / 3) * m ** 3 + 2 * m ** 3 + 2 * n * d * m
+
+    # 24 clusters of 8·196/24 and 24 of 4·196/24 tokens instead of 24 of 12·196/24
+    assert grouped[1] - whole[1] == pytest.approx(24 * (term(8 * N / 24) + term(4 * N / 24) - term(B * N / 24)))
+    assert bench.regularizer_floor_flops(B, N, d, 5, 20, group_size=B) == whole
+    assert bench.regularizer_floor_flops(B, N, d, 5, 20, group_size=100) == whole
+
+
 def test_script_prints_the_floor_and_the_ratios(tmp_path):
-    out = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "4x16x32", "--repeats", "1", "--no-vit",
+    out = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "12x16x32", "--repeats", "1", "--no-vit",
                           "--no-reference"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    row = next(line for line in out.stdout.splitlines() if line.startswith("| 4x16x32 |"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert float(cells[1]) > 0                       # ext fwd+bwd (ms)
-    assert float(cells[5]) > 0 and cells[6].endswith("×")  # floor (ms), ext / floor
-    assert "floor at 4x16x32:" in out.stdout and "GFLOP float64" in out.stdout
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.stdout.splitlines()
+            if line.startswith("| 12x16x32 |")]
+    assert [r[1] for r in rows] == ["whole batch", "8 images (lightly's)"]  # the default, then lightly's grouping
+    for cells in rows:
+        assert float(cells[2]) > 0                       # ext fwd+bwd (ms)
+        assert float(cells[6]) > 0 and cells[7].endswith("×")  # floor (ms), ext / floor
+    assert "floor at 12x16x32, global groups of whole batch:" in out.stdout
+    assert "floor at 12x16x32, global groups of 8 images (lightly's):" in out.stdout and "GFLOP float64" in out.stdout
+
+
+def test_script_refuses_a_bad_group_size():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "12x16x32", "--group-sizes", "0", "--no-vit",
+                          "--no-reference", "--no-lightly"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "positive int" in out.stderr
 
 
 def test_lightly_is_timed_side_by_side_when_installed(bench):
