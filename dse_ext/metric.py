@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import _ops, reference
+from ._ops._common import double_backward_error
 from ._ops.kmeans import check_options as check_kmeans_options
 from ._rng import derive_seed
 from ._validation import as_float_tensor, check_labels, check_ndim, check_positive_int, check_seed
@@ -91,17 +92,60 @@ def _segment_means(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch
     return means.reshape(P, k, d), (counts > 0).reshape(P, k)
 
 
-def _mean_distance_to_mean(x: torch.Tensor, block_bytes: int = 1 << 21) -> torch.Tensor:
+class _MeanDistanceToMean(torch.autograd.Function):
     """Mean over the B·N tokens of ‖x − x̄‖ (x̄ the mean token), in blocks of images.
 
     Blocks keep the temporary ``x − x̄`` small: one batch-sized temporary would be a fresh
-    allocation on every call, and its page faults cost more than the arithmetic.
+    allocation on every call, and its page faults cost more than the arithmetic. The gradient,
+    ``(u − ū) · grad / (B·N)`` with ``u = (x − x̄) / ‖x − x̄‖`` (0 for a token at the mean, as
+    autograd's norm gives) and ū the mean of u, is written block by block into one buffer: half
+    the passes over the tokens of autograd through the blocks. First order only.
     """
-    B, N, d = x.shape
-    mean = x.mean(dim=(0, 1))
-    step = max(1, block_bytes // max(1, N * d * x.element_size()))
-    total = sum((xb - mean).norm(dim=-1).sum() for xb in x.split(step))
-    return total / (B * N)
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, block_bytes: int) -> torch.Tensor:
+        B, N, d = x.shape
+        mean = x.mean(dim=(0, 1))
+        step = max(1, block_bytes // max(1, N * d * x.element_size()))
+        norms = [(xb - mean).norm(dim=-1) for xb in x.split(step)]
+        ctx.save_for_backward(x, mean, torch.cat(norms))
+        ctx.step = step
+        return sum(r.sum() for r in norms) / (B * N)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, mean, norms = ctx.saved_tensors
+        B, N, _ = x.shape
+        with torch.no_grad():
+            inverse = torch.where(norms > 0, norms.reciprocal(), torch.zeros_like(norms))
+            out = torch.empty_like(x)
+            for xb, ob, ib in zip(x.split(ctx.step), out.split(ctx.step), inverse.split(ctx.step)):
+                torch.sub(xb, mean, out=ob).mul_(ib[..., None])  # u
+            u_mean = out.mean(dim=(0, 1))
+            scale = grad / (B * N)
+            for ob in out.split(ctx.step):
+                ob.sub_(u_mean).mul_(scale)
+        if torch.is_grad_enabled():  # create_graph=True: a first-order gradient that refuses a second order
+            out = _FirstOrderOnly.apply(out, x, grad)
+        return out, None
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Passes a computed gradient through; differentiating it (a second order) raises."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise double_backward_error("dse_ext's avg_l2", "its blockwise first-order formula")
+
+
+def _mean_distance_to_mean(x: torch.Tensor, block_bytes: int = 1 << 21) -> torch.Tensor:
+    """avg_l2: mean over the B·N tokens of ``x`` ``(B, N, d)`` of ‖x − x̄‖ (x̄ the mean token), a
+    0-dim tensor differentiable in x (see :class:`_MeanDistanceToMean`)."""
+    return _MeanDistanceToMean.apply(x, block_bytes)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:

@@ -146,3 +146,59 @@ def test_compile_matches_eager_forward_and_backward(gen):
         results.append((out.detach(), x.grad, c.grad))
     for eager, comp in zip(*results):
         torch.testing.assert_close(comp, eager)
+
+
+# ------------------------------------------------------------------ avg_l2 (metric._mean_distance_to_mean)
+def _avg_l2_plain(x):
+    """The pure-PyTorch twin: autograd through the whole-batch formula."""
+    return (x - x.mean(dim=(0, 1))).norm(dim=-1).mean()
+
+
+@pytest.mark.parametrize("block_bytes", [1, 5 * 4 * 8, 1 << 21])  # one image per block, 5 per block, one block
+def test_avg_l2_gradcheck_over_blocks(gen, block_bytes):
+    from dse_ext.metric import _mean_distance_to_mean
+
+    x = f64(gen, 7, 4, 3)
+    assert gradcheck(lambda x: _mean_distance_to_mean(x, block_bytes), (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_avg_l2_matches_autograd_of_the_plain_formula(gen, dtype):
+    from dse_ext.metric import _mean_distance_to_mean
+
+    x = torch.randn(9, 13, 6, generator=gen, dtype=dtype)
+    x[4, 7] = x.mean(dim=(0, 1)) * 0  # adversarial rows: a token at the origin, a token far out
+    x[2, 3] *= 1e3
+    x.requires_grad_(True)
+    value = _mean_distance_to_mean(x, block_bytes=2 * 13 * 6 * x.element_size())
+    expected = _avg_l2_plain(x)
+    torch.testing.assert_close(value, expected)
+    got, = torch.autograd.grad(3.5 * value, x)
+    want, = torch.autograd.grad(3.5 * expected, x)
+    torch.testing.assert_close(got, want)
+
+
+def test_avg_l2_token_at_the_mean_gets_the_mean_term_only():
+    """A token exactly at x̄ has no direction of its own (0, as autograd's norm gives): its gradient
+    is −ū·grad/(B·N), from x̄ alone."""
+    from dse_ext.metric import _mean_distance_to_mean
+
+    x = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]], [[0.0, 0.0], [0.0, 3.0]], [[0.0, -3.0], [0.0, 0.0]]],
+                     dtype=torch.float64, requires_grad=True)  # mean (0, 0): the tokens (0, 0) sit on it
+    got, = torch.autograd.grad(_mean_distance_to_mean(x), x)
+    want, = torch.autograd.grad(_avg_l2_plain(x), x)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want)
+
+
+def test_avg_l2_first_order_with_create_graph_and_no_second_order(gen):
+    from dse_ext.metric import _mean_distance_to_mean
+
+    x = f64(gen, 3, 4, 5)
+    g, = torch.autograd.grad(_mean_distance_to_mean(x), x, create_graph=True)
+    want, = torch.autograd.grad(_avg_l2_plain(x), x)
+    torch.testing.assert_close(g, want)
+    from dse_ext import DoubleBackwardError
+
+    with pytest.raises(DoubleBackwardError, match="double backward through dse_ext's avg_l2"):
+        g.pow(2).sum().backward()

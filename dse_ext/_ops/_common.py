@@ -69,6 +69,16 @@ class DoubleBackwardError(RuntimeError):
     """A second-order gradient reached a dse op, whose backward is not differentiable."""
 
 
+def double_backward_error(what: str, gradient: str) -> DoubleBackwardError:
+    """The error a second-order gradient through ``what`` (whose gradient is ``gradient``) raises."""
+    return DoubleBackwardError(
+        f"double backward through {what} is not supported: its gradient ({gradient}) is not differentiable, so "
+        f"second-order gradients (torch.autograd.grad(..., create_graph=True) then backward, gradgradcheck, "
+        f"Hessians) cannot flow through it. First-order gradients work, also with create_graph=True; keep the "
+        f"DSE term out of what is differentiated twice (e.g. compute a gradient penalty from the other loss terms "
+        f"only)")
+
+
 def register_autograd(spec: OpSpec, backward, setup_context) -> None:
     """Registers ``spec``'s first-order autograd formula, and one for its backward op that
     raises :class:`DoubleBackwardError`.
@@ -83,11 +93,6 @@ def register_autograd(spec: OpSpec, backward, setup_context) -> None:
         pass
 
     def fail(ctx, *grads):
-        raise DoubleBackwardError(
-            f"double backward through dse::{spec.name} is not supported: its gradient (dse::{spec.backward}) is "
-            f"not differentiable, so second-order gradients (torch.autograd.grad(..., create_graph=True) then "
-            f"backward, gradgradcheck, Hessians) cannot flow through it. First-order gradients work, also with "
-            f"create_graph=True; keep the DSE term out of what is differentiated twice (e.g. compute a gradient "
-            f"penalty from the other loss terms only)")
+        raise double_backward_error(f"dse::{spec.name}", f"dse::{spec.backward}")
 
     torch.library.register_autograd(f"dse::{spec.backward}", fail, setup_context=no_context)
