@@ -200,5 +200,68 @@ def test_avg_l2_first_order_with_create_graph_and_no_second_order(gen):
     torch.testing.assert_close(g, want)
     from dse_ext import DoubleBackwardError
 
-    with pytest.raises(DoubleBackwardError, match="double backward through dse_ext's avg_l2"):
+    with pytest.raises(DoubleBackwardError, match="double backward through dse_ext's"):
+        g.pow(2).sum().backward()
+
+
+# ------------------------------------------------------------------ token normalization (metric._unit_tokens)
+def _unit_tokens_autograd(x):
+    """The pure-PyTorch twin of metric._unit_tokens for tokens within 2**±50: autograd through
+    the norm and the division, with the same constant divisor for zero and tiny tokens."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    with torch.no_grad():
+        zero = norm == 0
+        bound = norm.max() * 2.0 ** -40
+        tiny = ~zero & (norm < bound)
+        fixed = torch.where(zero, torch.full_like(norm, float("inf")), bound.expand_as(norm))
+        ordinary = ~(zero | tiny)
+    return x / torch.where(ordinary, norm, fixed)
+
+
+@pytest.mark.parametrize("special", ["none", "zero", "tiny", "zero+tiny"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unit_tokens_gradient_matches_autograd(gen, special, dtype):
+    from dse_ext.metric import _unit_tokens
+
+    x = torch.randn(5, 7, 6, generator=gen, dtype=dtype)
+    if "zero" in special:
+        x[1, 2] = 0
+        x[3, 0] = 0
+    if "tiny" in special:
+        x[2, 5] *= 2.0 ** -45  # below 2**-40 of the longest token: divided by that bound
+    x.requires_grad_(True)
+    out, finite = _unit_tokens(x)
+    want = _unit_tokens_autograd(x)
+    assert bool(finite)
+    if "tiny" in special:  # the twin's bound ‖x‖max · 2**-40 rounds differently from the log2 form
+        torch.testing.assert_close(out, want)
+    else:
+        torch.testing.assert_close(out, want, rtol=0, atol=0)  # the forward is the same division
+    g = torch.randn(out.shape, generator=gen, dtype=dtype)
+    got, = torch.autograd.grad(out, x, g)
+    expected, = torch.autograd.grad(want, x, g)
+    torch.testing.assert_close(got, expected)
+    if "zero" in special:
+        assert (got[1, 2] == 0).all() and (got[3, 0] == 0).all()
+
+
+def test_unit_tokens_gradcheck(gen):
+    """Ordinary tokens of several lengths (zero and tiny tokens are discontinuities by design:
+    their gradients are checked against the twin above)."""
+    from dse_ext.metric import _unit_tokens
+
+    x = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64) * torch.logspace(-3, 3, 4, dtype=torch.float64)[:, None]
+    x.requires_grad_(True)
+    assert gradcheck(lambda x: _unit_tokens(x)[0], (x,))
+
+
+def test_unit_tokens_first_order_with_create_graph_and_no_second_order(gen):
+    from dse_ext import DoubleBackwardError
+    from dse_ext.metric import _unit_tokens
+
+    x = f64(gen, 3, 4, 5)
+    g, = torch.autograd.grad(_unit_tokens(x)[0].sum(), x, create_graph=True)
+    want, = torch.autograd.grad(_unit_tokens_autograd(x).sum(), x)
+    torch.testing.assert_close(g, want)
+    with pytest.raises(DoubleBackwardError, match="double backward through dse_ext's"):
         g.pow(2).sum().backward()
