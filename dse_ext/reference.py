@@ -150,7 +150,8 @@ def nearest_other_centroid_distance(x, centroids, labels, valid=None):
     out = torch.zeros(P, M, dtype=b.x.dtype, device=b.x.device)
     for p in range(P):
         xd, cd = b.x[p].double(), c[p].double()
-        dist = torch.stack([((xd - cd[j]) ** 2).sum(1).sqrt() for j in range(k)], dim=1)  # (M, k)
+        # vector_norm: on a centroid its gradient is the subgradient 0, as the compiled op's (sqrt gave NaN)
+        dist = torch.stack([torch.linalg.vector_norm(xd - cd[j], dim=1) for j in range(k)], dim=1)  # (M, k)
         own = labels[p].clamp(min=0)
         dist.scatter_(1, own[:, None], math.inf)
         if valid is not None:

@@ -158,3 +158,55 @@ def test_strided_views_give_the_same_results(gen):
     c1, l1 = F.kmeans(x, 3, seed=5)
     c2, l2 = F.kmeans(xc, 3, seed=5)
     assert torch.equal(l1, l2) and torch.equal(c1, c2)
+
+
+# ------------------------------------------------------------------ backward outputs written once
+def _poison_the_allocator(like: torch.Tensor, rounds: int = 4) -> None:
+    """Frees blocks of NaNs the size of ``like``: a gradient buffer the kernels do not fill in
+    full would most likely get one of them back (they are allocated empty, not zeroed)."""
+    for _ in range(rounds):
+        del_me = torch.full_like(like, math.nan)
+        del del_me
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_css_backward_zeroes_rows_without_a_gradient(gen, dtype):
+    """Ignored points, clusters of one point and clusters whose incoming gradient is 0 get exact
+    zeros, the others the reference's gradient, whatever the freshly allocated buffer held."""
+    P, M, d, k = 2, 40, 6, 4
+    x = torch.randn(P, M, d, generator=gen, dtype=dtype)
+    labels = random_labels(gen, P, M, k, ignore=0.2)
+    labels[0, labels[0] == 3] = 2
+    labels[0, 5] = 3  # cluster 3 of problem 0 has one point
+    grad = torch.randn(P, k, generator=gen, dtype=torch.float64)
+    grad[1, 0] = 0.0  # cluster 0 of problem 1: no incoming gradient
+    xr = x.clone().requires_grad_(True)
+    (R.cluster_css(xr, labels, k)[0] * grad.to(dtype)).sum().backward()
+    for _ in range(3):
+        _poison_the_allocator(x)
+        got = torch.ops.dse.cluster_css_backward(grad, x, labels, k)
+        assert torch.isfinite(got).all()
+        assert (got[labels < 0] == 0).all() and (got[0, 5] == 0).all() and (got[1][labels[1] == 0] == 0).all()
+        torch.testing.assert_close(got, xr.grad, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nearest_other_backward_zeroes_rows_without_a_gradient(gen, dtype):
+    P, M, d, k = 2, 40, 6, 4
+    x = torch.randn(P, M, d, generator=gen, dtype=dtype)
+    c = torch.randn(P, k, d, generator=gen, dtype=dtype)
+    labels = random_labels(gen, P, M, k, ignore=0.2)
+    labels[1, 3] = 0
+    x[1, 3] = c[1, 1]  # on centroid 1, its nearest other one: the subgradient 0 (in the reference too)
+    valid = torch.ones(P, k, dtype=torch.bool)
+    valid[0] = False
+    valid[0, 1] = True  # problem 0: one centroid, no other one for its own points
+    grad = torch.randn(P, M, generator=gen, dtype=dtype)
+    xr = x.clone().requires_grad_(True)
+    (R.nearest_other_centroid_distance(xr, c, labels, valid) * grad).sum().backward()
+    for _ in range(3):
+        _poison_the_allocator(x)
+        got, _ = torch.ops.dse.nearest_other_centroid_distance_backward(grad, x, c, labels, valid)
+        assert torch.isfinite(got).all()
+        assert (got[labels < 0] == 0).all() and (got[0][labels[0] == 1] == 0).all() and (got[1, 3] == 0).all()
+        torch.testing.assert_close(got, xr.grad, **TOL[dtype])

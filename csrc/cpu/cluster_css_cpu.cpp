@@ -136,10 +136,19 @@ at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_i
   // clusters with >= 2 members and a non-zero incoming gradient, largest first
   const std::vector<int64_t> ids = g.largest_first([&](int64_t c) { return gp[c] != 0.0; });
 
-  at::Tensor out = at::zeros_like(in.x);  // clusters of < 2 points and ignored points get no gradient
+  // Written once: the rows of the clusters in `ids` by their gradient below, the others
+  // (ignored points, clusters of < 2 points or with a zero incoming gradient) zeroed here.
+  at::Tensor out = at::empty_like(in.x, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_cluster_css_backward_cpu", [&] {
     const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
     scalar_t* op_out = out.data_ptr<scalar_t>();
+    const int64_t* lp = in.labels.const_data_ptr<int64_t>();
+    at::parallel_for(0, in.P * M, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t c = (i / M) * k + lp[i];
+        if (lp[i] < 0 || g.size(c) < 2 || gp[c] == 0.0) std::fill(op_out + i * d, op_out + (i + 1) * d, scalar_t(0));
+      }
+    });
     for_each_matrix(ids, [&](int64_t c, Scratch& s) {
       const int64_t p = c / k, n = g.size(c);
       const int64_t* members = g.members(c);

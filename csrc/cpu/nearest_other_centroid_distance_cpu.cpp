@@ -106,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_other_centroid_distance_backward(
   const NearestBackwardArgs in =
       check_nearest_backward_args(grad_in, x_in, centroids_in, labels_in, valid_in, c10::DeviceType::CPU);
   const at::Tensor& grad = in.grad;
-  at::Tensor grad_x = at::zeros_like(in.x);
+  at::Tensor grad_x = at::empty_like(in.x, at::MemoryFormat::Contiguous);  // every row written below
   at::Tensor target = at::full({in.P * in.M}, in.P * in.k, in.x.options().dtype(at::kLong));  // dump row P * k
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_nearest_other_backward_cpu", [&] {
     const std::vector<int64_t> best = nearest_other_choice<scalar_t>(in);
@@ -118,12 +118,18 @@ std::tuple<at::Tensor, at::Tensor> nearest_other_centroid_distance_backward(
     const int64_t M = in.M, d = in.d, k = in.k;
     at::parallel_for(0, in.P * M, 256, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        if (best[i] < 0) continue;
+        if (best[i] < 0) {  // ignored, or no other centroid: no gradient
+          std::fill(gx + i * d, gx + (i + 1) * d, scalar_t(0));
+          continue;
+        }
         const int64_t centre = (i / M) * k + best[i];
         const scalar_t* xi = xp + i * d;
         const scalar_t* ci = cp + centre * d;
         const double dist = std::sqrt(squared_distance(xi, ci, d));
-        if (!(dist > 0.0)) continue;  // on the centroid: the subgradient 0
+        if (!(dist > 0.0)) {  // on the centroid: the subgradient 0
+          std::fill(gx + i * d, gx + (i + 1) * d, scalar_t(0));
+          continue;
+        }
         const double s = static_cast<double>(gp[i]) / dist;
         for (int64_t t = 0; t < d; ++t)
           gx[i * d + t] = static_cast<scalar_t>(s * (static_cast<double>(xi[t]) - static_cast<double>(ci[t])));
