@@ -88,3 +88,20 @@ def test_command_line_compares_two_summaries(tmp_path, capsys):
     assert V.main([paths[0], str(tmp_path / "missing.json")]) == 2 and "cannot read" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{not json")
     assert V.main([paths[0], str(tmp_path / "bad.json")]) == 2 and "cannot read" in capsys.readouterr().err
+
+
+def test_committed_cross_check_contradicts_no_verdict_of_the_committed_run():
+    """docs/demo/cross_check.md: the 5-seed run on other instruction paths against the committed
+    full run; both summaries' verdicts follow from their numbers, and none is contradicted."""
+    from pathlib import Path
+
+    from dse_ext.demo import report
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "demo"
+    runs = [json.loads((docs / name).read_text()) for name in ("summary.json", "cross_check_summary.json")]
+    for summary in runs:
+        assert report.verdicts(summary) == summary["verdicts"]
+    shared = set(runs[0]["verdicts"]) & set(runs[1]["verdicts"])
+    assert len(shared) == 10
+    assert V.contradictions(runs[0]["verdicts"], runs[1]["verdicts"]) == []
+    assert V.main([str(docs / "summary.json"), str(docs / "cross_check_summary.json")]) == 0
