@@ -75,9 +75,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> css_with_basis(const ClusterCssAr
     const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
     for_each_matrix(ids, [&](int64_t c, Scratch& s) {
       const int64_t p = c / k, n = g.size(c);
-      std::vector<double> z((n - 1) * d);
-      const double noise = fill_centred<scalar_t>(xp + p * M * d, g.members(c), n, d, z.data(), 1);
-      const int64_t side = gram_basis(z.data(), n - 1, d, ep + c * S, gp + c * S * S, S, s.eigen);
+      const auto z = uninitialized_doubles((n - 1) * d);
+      const double noise = fill_centred<scalar_t>(xp + p * M * d, g.members(c), n, d, z.get(), 1);
+      const int64_t side = gram_basis(z.get(), n - 1, d, ep + c * S, gp + c * S * S, S, s.eigen);
       zero_basis_tail(ep + c * S, gp + c * S * S, side, S);
       vp[c] = nuclear_norm_from_eigs(ep + c * S, side, noise) / css_denominator(n, d);
     });
@@ -152,15 +152,15 @@ at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_i
     for_each_matrix(ids, [&](int64_t c, Scratch& s) {
       const int64_t p = c / k, n = g.size(c);
       const int64_t* members = g.members(c);
-      std::vector<double> z((n - 1) * d), y((n - 1) * d);
-      const double noise = fill_centred<scalar_t>(xp + p * M * d, members, n, d, z.data(), 1);
+      const auto z = uninitialized_doubles((n - 1) * d), y = uninitialized_doubles((n - 1) * d);
+      const double noise = fill_centred<scalar_t>(xp + p * M * d, members, n, d, z.get(), 1);
       if (have_basis)
-        apply_singular_gradient(z.data(), n - 1, d, in.basis.eigenvalues.const_data_ptr<double>() + c * S,
-                                in.basis.eigenvectors.const_data_ptr<double>() + c * S * S, S, sum_of_sigma, y.data(),
+        apply_singular_gradient(z.get(), n - 1, d, in.basis.eigenvalues.const_data_ptr<double>() + c * S,
+                                in.basis.eigenvectors.const_data_ptr<double>() + c * S * S, S, sum_of_sigma, y.get(),
                                 s, noise);
       else
-        singular_gradient(z.data(), n - 1, d, sum_of_sigma, y.data(), s, noise);
-      scatter_centred_gradient<scalar_t>(y.data(), members, n, d, gp[c] / css_denominator(n, d), op_out + p * M * d);
+        singular_gradient(z.get(), n - 1, d, sum_of_sigma, y.get(), s, noise);
+      scatter_centred_gradient<scalar_t>(y.get(), members, n, d, gp[c] / css_denominator(n, d), op_out + p * M * d);
     });
   });
   return out;

@@ -7,6 +7,7 @@
 // is decomposed with its eigenvectors (cpu/singular_gradient.h). Matrices are read
 // in place (strided slices, or table rows through the index: cpu/rank_rows.h).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -37,9 +38,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rank_with_basis(const EffectiveRa
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_effective_rank_keep_basis_cpu", [&] {
     const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
     for_each_matrix(ids, [&](int64_t p, Scratch& s) {
-      std::vector<double> z(m * d);
-      rows.fill(xp, p, z.data(), 1);
-      gram_basis(z.data(), m, d, ep + p * S, gp + p * S * S, S, s.eigen);
+      const auto z = uninitialized_doubles(m * d);
+      rows.fill(xp, p, z.get(), 1);
+      gram_basis(z.get(), m, d, ep + p * S, gp + p * S * S, S, s.eigen);
       vp[p] = effective_rank_from_eigs(ep + p * S, S, S);
     });
   });
@@ -111,16 +112,19 @@ at::Tensor effective_rank_backward(const at::Tensor& grad_in, const at::Tensor& 
     for (int64_t p = 0; p < P; ++p)  // matrices with a zero incoming gradient; the others are written in full
       if (gp[p] == 0.0) std::fill(out + p * m * d, out + (p + 1) * m * d, scalar_t(0));
     for_each_matrix(ids, [&](int64_t p, Scratch& s) {
-      std::vector<double> z(m * d), y(m * d);
-      rows.fill(xp, p, z.data(), 1);
+      const auto z = uninitialized_doubles(m * d), y = uninitialized_doubles(m * d);
+      rows.fill(xp, p, z.get(), 1);
       const SigmaGradient dsigma = effective_rank_sigma_gradient(gp[p] / static_cast<double>(S));
       if (have_basis)
-        apply_singular_gradient(z.data(), m, d, in.basis.eigenvalues.const_data_ptr<double>() + p * S,
-                                in.basis.eigenvectors.const_data_ptr<double>() + p * S * S, S, dsigma, y.data(), s,
+        apply_singular_gradient(z.get(), m, d, in.basis.eigenvalues.const_data_ptr<double>() + p * S,
+                                in.basis.eigenvectors.const_data_ptr<double>() + p * S * S, S, dsigma, y.get(), s,
                                 0.0);
       else
-        singular_gradient(z.data(), m, d, dsigma, y.data(), s);
-      for (int64_t i = 0; i < m * d; ++i) out[p * m * d + i] = static_cast<scalar_t>(y[i]);
+        singular_gradient(z.get(), m, d, dsigma, y.get(), s);
+      scalar_t* dst = out + p * m * d;
+      at::parallel_for(0, m * d, 1 << 16, [&](int64_t i0, int64_t i1) {  // threads for one large matrix
+        for (int64_t i = i0; i < i1; ++i) dst[i] = static_cast<scalar_t>(y[i]);
+      });
     });
   });
   if (!in.index.defined()) return per_matrix;

@@ -3,6 +3,7 @@
 // picked by a (P, m) index. Used by the forward and the backward kernel.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include "common/effective_rank_args.h"
 
@@ -23,14 +24,18 @@ struct RankRows {
     }
   }
 
-  // Writes entry (r, t) of matrix p to dst[(r * d + t) * stride], in float64.
+  // Writes entry (r, t) of matrix p to dst[(r * d + t) * stride], in float64. Rows are split
+  // over threads outside a parallel region (one large matrix); inside one, this runs inline.
   template <typename scalar_t>
   void fill(const scalar_t* xp, int64_t p, double* dst, int64_t stride) const {
-    for (int64_t r = 0; r < m; ++r) {
-      const scalar_t* src = xp + (ip ? ip[p * m + r] * s1 : p * s0 + r * s1);
-      for (int64_t t = 0; t < d; ++t) dst[(r * d + t) * stride] = static_cast<double>(src[t * s2]);
-    }
+    at::parallel_for(0, m, kRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* src = xp + (ip ? ip[p * m + r] * s1 : p * s0 + r * s1);
+        for (int64_t t = 0; t < d; ++t) dst[(r * d + t) * stride] = static_cast<double>(src[t * s2]);
+      }
+    });
   }
+  static constexpr int64_t kRowGrain = 512;
 };
 
 }  // namespace dse::cpu
