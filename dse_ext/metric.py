@@ -269,7 +269,6 @@ class _Normalize(torch.autograd.Function):
     def forward(ctx, y: torch.Tensor, divisor: torch.Tensor, ordinary: torch.Tensor | None) -> torch.Tensor:
         out = y / divisor.expand_as(y)  # expanded like F.normalize: a faster division on the CPU
         ctx.save_for_backward(out, divisor, ordinary)
-        ctx.set_materialize_grads(True)
         return out
 
     @staticmethod

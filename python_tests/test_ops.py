@@ -117,12 +117,17 @@ def test_effective_rank_leading_dims(gen):
 
 
 # ------------------------------------------------------------------ nearest other centroid
+def nearest_inputs(gen, dtype, P, M, d, k, ignore):
+    """Points (P, M, d), centroids (P, k, d) and labels with a share ``ignore`` of -1."""
+    x = torch.randn(P, M, d, generator=gen, dtype=dtype)
+    c = torch.randn(P, k, d, generator=gen, dtype=dtype)
+    return x, c, random_labels(gen, P, M, k, ignore=ignore)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_nearest_other_matches_reference(gen, dtype):
     P, M, d, k = 3, 60, 10, 5
-    x = torch.randn(P, M, d, generator=gen, dtype=dtype)
-    c = torch.randn(P, k, d, generator=gen, dtype=dtype)
-    labels = random_labels(gen, P, M, k, ignore=0.1)
+    x, c, labels = nearest_inputs(gen, dtype, P, M, d, k, ignore=0.1)
     valid = torch.rand(P, k, generator=gen) > 0.3
     valid[0] = False
     valid[0, 1] = True  # problem 0: only centroid 1 exists
@@ -193,9 +198,7 @@ def test_css_backward_zeroes_rows_without_a_gradient(gen, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_nearest_other_backward_zeroes_rows_without_a_gradient(gen, dtype):
     P, M, d, k = 2, 40, 6, 4
-    x = torch.randn(P, M, d, generator=gen, dtype=dtype)
-    c = torch.randn(P, k, d, generator=gen, dtype=dtype)
-    labels = random_labels(gen, P, M, k, ignore=0.2)
+    x, c, labels = nearest_inputs(gen, dtype, P, M, d, k, ignore=0.2)
     labels[1, 3] = 0
     x[1, 3] = c[1, 1]  # on centroid 1, its nearest other one: the subgradient 0 (in the reference too)
     valid = torch.ones(P, k, dtype=torch.bool)
