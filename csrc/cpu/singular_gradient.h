@@ -9,9 +9,9 @@
 // and get no gradient: the subgradient of the nuclear norm that is 0 on the null
 // space, and the only finite choice for the entropy of the effective rank.
 #pragma once
-#include <memory>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "cpu/lapack.h"
@@ -21,13 +21,13 @@ namespace dse::cpu {
 // dsigma(sigma, m, h): h[i] = dL/dsigma_i for the m ascending singular values (zeros included).
 using SigmaGradient = std::function<void(const double*, int64_t, double*)>;
 
-// Per-thread scratch of the routines below.
 // A float64 buffer of n entries left uninitialized (std::vector would zero it first: for the
 // regularizer's pooled 12 544 x 384 matrix that is 38 MB written for nothing, twice a backward).
 inline std::unique_ptr<double[]> uninitialized_doubles(int64_t n) {
   return std::unique_ptr<double[]>(new double[static_cast<size_t>(n)]);
 }
 
+// Per-thread scratch of the routines below.
 struct Scratch {
   std::vector<double> gram, eig, sigma, h, weighted, w;
   SymmetricEigen eigen;
