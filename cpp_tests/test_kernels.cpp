@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <optional>
@@ -12,6 +13,7 @@
 #include "common/kmeans_rules.h"
 #include "common/segments.h"
 #include "cpu/kernels.h"
+#include "cpu/singular_gradient.h"
 
 namespace {
 
@@ -80,6 +82,62 @@ TEST(EffectiveRank, IndexReadsRowsInPlace) {
   EXPECT_TRUE(at::allclose(call_effective_rank(table, index), rank(gathered), 1e-14, 0));
   EXPECT_THROW(call_effective_rank(table, index.clamp_max(3) + 7), c10::Error);  // row 10 is out of range
   EXPECT_THROW(call_effective_rank(gathered, index), c10::Error);                // x must be a 2-D table
+}
+
+// A tall matrix read block by block (cpu/singular_gradient.h): 3000 rows are 12 blocks in 8
+// partial sums; 200 columns take gram_upper's column blocks.
+TEST(Streamed, GramAndProductMatchOneProductAndDoNotDependOnThreads) {
+  at::manual_seed(4);
+  const int64_t rows = 3000, cols = 200;
+  ASSERT_TRUE(dse::cpu::streamed(rows, cols));
+  const at::Tensor z = at::randn({rows, cols}, at::kDouble), w = at::randn({cols, cols}, at::kDouble);
+  const double* zp = z.const_data_ptr<double>();
+  const dse::cpu::RowBlockFill fill = [&](int64_t r0, int64_t r1, double* dst) {
+    std::copy(zp + r0 * cols, zp + r1 * cols, dst);
+  };
+  auto gram = [&] {
+    at::Tensor g = at::zeros({cols, cols}, at::kDouble);
+    dse::cpu::streamed_gram(rows, cols, fill, g.data_ptr<double>(), cols);
+    return g.triu();  // the upper triangle is the result
+  };
+  auto product = [&] {
+    at::Tensor y = at::full({rows, cols}, -1.0, at::kDouble);
+    double* yp = y.data_ptr<double>();
+    dse::cpu::streamed_product(rows, cols, fill, w.const_data_ptr<double>(), cols,
+                               [&](int64_t r0, int64_t r1, const double* src) {
+                                 std::copy(src, src + (r1 - r0) * cols, yp + r0 * cols);
+                               });
+    return y;
+  };
+  const int threads = at::get_num_threads();
+  const at::Tensor g = gram(), y = product();
+  EXPECT_TRUE(at::allclose(g, at::mm(z.t(), z).triu(), 1e-12, 1e-10));
+  EXPECT_TRUE(at::allclose(y, at::mm(z, w), 1e-12, 1e-10));
+  at::set_num_threads(1);
+  const at::Tensor g1 = gram(), y1 = product();
+  at::set_num_threads(threads);
+  EXPECT_TRUE(at::equal(g, g1));
+  EXPECT_TRUE(at::equal(y, y1));
+}
+
+TEST(Streamed, EffectiveRankWithKeptBasisAndBackward) {
+  // The streamed forward (keep_basis) and backward against the whole-matrix paths.
+  at::manual_seed(5);
+  const at::Tensor x = at::randn({1, 700, 200}, at::kDouble) * at::linspace(0.1, 2.0, 200, at::kDouble);
+  const auto [plain, no_eig, no_vec] = dse::cpu::effective_rank(x, std::nullopt, false);
+  const auto [kept, eig, vec] = dse::cpu::effective_rank(x, std::nullopt, true);
+  EXPECT_TRUE(at::allclose(kept, plain, 1e-12, 0));
+  const at::Tensor grad = at::full({1}, 0.5, at::kDouble);
+  const at::Tensor with_basis = dse::cpu::effective_rank_backward(grad, x, std::nullopt, eig, vec);
+  const at::Tensor recomputed = dse::cpu::effective_rank_backward(grad, x, std::nullopt);
+  EXPECT_TRUE(at::allclose(with_basis, recomputed, 1e-10, 1e-14));
+  // dL/dX = X V f(L) V^T from one eigen-decomposition of the full Gram.
+  const auto [lam, v] = at::linalg_eigh(at::mm(x[0].t(), x[0]));
+  const at::Tensor sigma = lam.clamp_min(0).sqrt(), p = sigma / sigma.sum();
+  const at::Tensor entropy = -(p * p.log()).sum();
+  const at::Tensor h = 0.5 / 200 * entropy.exp() * (-p.log() - entropy) / sigma.sum();
+  const at::Tensor expected = at::mm(x[0], at::mm(v * (h / sigma), v.t()));
+  EXPECT_TRUE(at::allclose(with_basis[0], expected, 1e-9, 1e-14));
 }
 
 TEST(ClusterCss, TwoPointsAndSkippedClusters) {

@@ -158,6 +158,11 @@ def _rank_samples(g, dtype):
     out.append(Sample("tall", ident, (x(4, 12, 5),)))
     out.append(Sample("wide", ident, (x(3, 5, 14),)))
     out.append(Sample("large_kept_basis", ident, (x(1, 200, 6),)))
+    # Tall matrices read 256 rows at a time (3 blocks; a last block shorter than wide; 9 blocks in
+    # 8 partial Grams).
+    out.append(Sample("streamed_blocks", ident, (x(1, 600, 5),)))
+    out.append(Sample("streamed_short_last_block", ident, (x(1, 262, 8),)))
+    out.append(Sample("streamed_partial_grams", ident, (x(2, 2100, 2),)))
     out.append(Sample("gram_side_above_32", ident, (x(2, 40, 50),)))  # another eigensolver on CUDA
     out.append(Sample("extra_batch_dims", ident, (x(2, 3, 6, 4),)))
     out.append(Sample("single_matrix", ident, (x(7, 3),)))

@@ -38,9 +38,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rank_with_basis(const EffectiveRa
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_effective_rank_keep_basis_cpu", [&] {
     const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
     for_each_matrix(ids, [&](int64_t p, Scratch& s) {
-      const auto z = uninitialized_doubles(m * d);
-      rows.fill(xp, p, z.get(), 1);
-      gram_basis(z.get(), m, d, ep + p * S, gp + p * S * S, S, s.eigen);
+      if (streamed(m, d)) {  // tall: its Gram Z^T Z summed block by block (cpu/singular_gradient.h)
+        streamed_gram(m, d, [&](int64_t r0, int64_t r1, double* dst) { rows.fill_rows(xp, p, r0, r1, dst); },
+                      gp + p * S * S, S);
+        s.eigen.vectors(gp + p * S * S, S, S, ep + p * S);
+      } else {
+        const auto z = uninitialized_doubles(m * d);
+        rows.fill(xp, p, z.get(), 1);
+        gram_basis(z.get(), m, d, ep + p * S, gp + p * S * S, S, s.eigen);
+      }
       vp[p] = effective_rank_from_eigs(ep + p * S, S, S);
     });
   });
@@ -112,16 +118,36 @@ at::Tensor effective_rank_backward(const at::Tensor& grad_in, const at::Tensor& 
     for (int64_t p = 0; p < P; ++p)  // matrices with a zero incoming gradient; the others are written in full
       if (gp[p] == 0.0) std::fill(out + p * m * d, out + (p + 1) * m * d, scalar_t(0));
     for_each_matrix(ids, [&](int64_t p, Scratch& s) {
+      const SigmaGradient dsigma = effective_rank_sigma_gradient(gp[p] / static_cast<double>(S));
+      scalar_t* dst = out + p * m * d;
+      if (streamed(m, d)) {  // tall: Z V f(L) V^T, Z read and the result written block by block
+        const RowBlockFill fill = [&](int64_t r0, int64_t r1, double* z) { rows.fill_rows(xp, p, r0, r1, z); };
+        const double *eig = nullptr, *vec = nullptr;
+        if (have_basis) {
+          eig = in.basis.eigenvalues.const_data_ptr<double>() + p * S;
+          vec = in.basis.eigenvectors.const_data_ptr<double>() + p * S * S;
+        } else {
+          s.gram.resize(S * S);
+          s.eig.resize(S);
+          streamed_gram(m, d, fill, s.gram.data(), S);
+          s.eigen.vectors(s.gram.data(), S, S, s.eig.data());
+          eig = s.eig.data();
+          vec = s.gram.data();
+        }
+        const double* w = gradient_weights(eig, vec, S, S, dsigma, s, 0.0);
+        streamed_product(m, d, fill, w, S, [&](int64_t r0, int64_t r1, const double* y) {
+          for (int64_t i = 0; i < (r1 - r0) * d; ++i) dst[r0 * d + i] = static_cast<scalar_t>(y[i]);
+        });
+        return;
+      }
       const auto z = uninitialized_doubles(m * d), y = uninitialized_doubles(m * d);
       rows.fill(xp, p, z.get(), 1);
-      const SigmaGradient dsigma = effective_rank_sigma_gradient(gp[p] / static_cast<double>(S));
       if (have_basis)
         apply_singular_gradient(z.get(), m, d, in.basis.eigenvalues.const_data_ptr<double>() + p * S,
                                 in.basis.eigenvectors.const_data_ptr<double>() + p * S * S, S, dsigma, y.get(), s,
                                 0.0);
       else
         singular_gradient(z.get(), m, d, dsigma, y.get(), s);
-      scalar_t* dst = out + p * m * d;
       at::parallel_for(0, m * d, 1 << 16, [&](int64_t i0, int64_t i1) {  // threads for one large matrix
         for (int64_t i = i0; i < i1; ++i) dst[i] = static_cast<scalar_t>(y[i]);
       });

@@ -24,10 +24,10 @@ namespace dse::cpu {
 namespace {
 
 // Row-major C (m x n, ldc) = A * B^T with A (m x kk, lda), B (n x kk, ldb); or, with
-// a_transposed, C = A^T * B with A (kk x m, lda), B (kk x n, ldb).
+// a_transposed, C = A^T * B with A (kk x m, lda), B (kk x n, ldb). accumulate: C += instead.
 template <typename T>
 void gemm_impl(bool a_transposed, int64_t m, int64_t n, int64_t kk, const T* a, int64_t lda, const T* b, int64_t ldb,
-               T* c, int64_t ldc) {
+               T* c, int64_t ldc, bool accumulate = false) {
   if (m == 0 || n == 0) return;
 #ifdef DSE_HAVE_LAPACK
   TORCH_CHECK(std::max({m, n, kk, lda, ldb, ldc}) <= INT32_MAX, "gemm: block too large for BLAS");
@@ -37,11 +37,11 @@ void gemm_impl(bool a_transposed, int64_t m, int64_t n, int64_t kk, const T* a, 
   const char* ta = a_transposed ? "T" : "N";
   const int mi = static_cast<int>(n), ni = static_cast<int>(m), ki = static_cast<int>(kk);
   const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-  const T one = 1, zero = 0;
+  const T one = 1, beta = accumulate ? 1 : 0;
   if constexpr (std::is_same_v<T, float>)
-    sgemm_(tb, ta, &mi, &ni, &ki, &one, b, &la, a, &lb, &zero, c, &lc, 1, 1);
+    sgemm_(tb, ta, &mi, &ni, &ki, &one, b, &la, a, &lb, &beta, c, &lc, 1, 1);
   else
-    dgemm_(tb, ta, &mi, &ni, &ki, &one, b, &la, a, &lb, &zero, c, &lc, 1, 1);
+    dgemm_(tb, ta, &mi, &ni, &ki, &one, b, &la, a, &lb, &beta, c, &lc, 1, 1);
 #else
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   const at::Tensor ta = a_transposed ? at::from_blob(const_cast<T*>(a), {kk, m}, {lda, 1}, opts).t()
@@ -49,7 +49,10 @@ void gemm_impl(bool a_transposed, int64_t m, int64_t n, int64_t kk, const T* a, 
   const at::Tensor tb = a_transposed ? at::from_blob(const_cast<T*>(b), {kk, n}, {ldb, 1}, opts)
                                      : at::from_blob(const_cast<T*>(b), {n, kk}, {ldb, 1}, opts).t();
   at::Tensor tc = at::from_blob(c, {m, n}, {ldc, 1}, opts);
-  at::mm_out(tc, ta, tb);
+  if (accumulate)
+    tc.addmm_(ta, tb);
+  else
+    at::mm_out(tc, ta, tb);
 #endif
 }
 
@@ -59,18 +62,27 @@ constexpr int64_t kTriangleBlock = 96;
 
 }  // namespace
 
-void gram_upper(const double* z, int64_t rows, int64_t cols, double* g, int64_t ldg) {
-  const bool wide = rows <= cols;
+namespace {
+void gram_upper_impl(bool wide, const double* z, int64_t rows, int64_t cols, double* g, int64_t ldg, bool accumulate) {
   const int64_t side = wide ? rows : cols, inner = wide ? cols : rows;
   const int64_t blocks = side < 2 * kTriangleBlock ? 1 : (side + kTriangleBlock - 1) / kTriangleBlock;
   const int64_t width = (side + blocks - 1) / blocks;
   for (int64_t j0 = 0; j0 < side; j0 += width) {
     const int64_t j1 = std::min(side, j0 + width);  // G[0:j1, j0:j1]: block column j, down to the diagonal
     if (wide)
-      gemm_impl(false, j1, j1 - j0, inner, z, cols, z + j0 * cols, cols, g + j0, ldg);
+      gemm_impl(false, j1, j1 - j0, inner, z, cols, z + j0 * cols, cols, g + j0, ldg, accumulate);
     else
-      gemm_impl(true, j1, j1 - j0, inner, z, cols, z + j0, cols, g + j0, ldg);
+      gemm_impl(true, j1, j1 - j0, inner, z, cols, z + j0, cols, g + j0, ldg, accumulate);
   }
+}
+}  // namespace
+
+void gram_upper(const double* z, int64_t rows, int64_t cols, double* g, int64_t ldg) {
+  gram_upper_impl(rows <= cols, z, rows, cols, g, ldg, false);
+}
+
+void column_gram_upper(const double* z, int64_t rows, int64_t cols, double* g, int64_t ldg, bool accumulate) {
+  gram_upper_impl(false, z, rows, cols, g, ldg, accumulate);
 }
 
 void gemm_abt(int64_t m, int64_t n, int64_t kk, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
@@ -81,6 +93,25 @@ void gemm_abt(int64_t m, int64_t n, int64_t kk, const float* a, int64_t lda, con
 void gemm_abt(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
               int64_t ldc) {
   gemm_impl(false, m, n, kk, a, lda, b, ldb, c, ldc);
+}
+
+void gemm_ab(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
+             int64_t ldc) {
+  if (m == 0 || n == 0) return;
+#ifdef DSE_HAVE_LAPACK
+  TORCH_CHECK(std::max({m, n, kk, lda, ldb, ldc}) <= INT32_MAX, "gemm: block too large for BLAS");
+  // Column-major view: C^T (n x m) = B^T (n x kk) * A^T (kk x m), each buffer read as the
+  // transpose of its row-major matrix, so no transposition is asked for.
+  const int mi = static_cast<int>(n), ni = static_cast<int>(m), ki = static_cast<int>(kk);
+  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  const double one = 1, zero = 0;
+  dgemm_("N", "N", &mi, &ni, &ki, &one, b, &la, a, &lb, &zero, c, &lc, 1, 1);
+#else
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor tc = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  at::mm_out(tc, at::from_blob(const_cast<double*>(a), {m, kk}, {lda, 1}, opts),
+             at::from_blob(const_cast<double*>(b), {kk, n}, {ldb, 1}, opts));
+#endif
 }
 
 void SymmetricEigen::solve(double* a, int64_t n, int64_t lda, double* w, bool vectors) {

@@ -26,6 +26,14 @@ void gemm_abt(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, co
 // triangle instead of the 2x of the full product.
 void gram_upper(const double* z, int64_t rows, int64_t cols, double* g, int64_t ldg);
 
+// The same for G = z^T z (side = cols) whatever the shape of z; accumulate: g += z^T z
+// (the same entries are written).
+void column_gram_upper(const double* z, int64_t rows, int64_t cols, double* g, int64_t ldg, bool accumulate);
+
+// Row-major C (m x n, ldc) = A (m x kk, lda) * B (kk x n, ldb), float64.
+void gemm_ab(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
+             int64_t ldc);
+
 // Eigen-decomposition of dense symmetric float64 matrices, one at a time (LAPACK
 // dsyevd, with a workspace reused across calls). Not thread-safe: one per thread.
 class SymmetricEigen {

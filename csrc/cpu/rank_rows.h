@@ -28,12 +28,17 @@ struct RankRows {
   // over threads outside a parallel region (one large matrix); inside one, this runs inline.
   template <typename scalar_t>
   void fill(const scalar_t* xp, int64_t p, double* dst, int64_t stride) const {
-    at::parallel_for(0, m, kRowGrain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* src = xp + (ip ? ip[p * m + r] * s1 : p * s0 + r * s1);
-        for (int64_t t = 0; t < d; ++t) dst[(r * d + t) * stride] = static_cast<double>(src[t * s2]);
-      }
-    });
+    at::parallel_for(0, m, kRowGrain, [&](int64_t r0, int64_t r1) { fill_rows(xp, p, r0, r1, dst + r0 * d * stride, stride); });
+  }
+
+  // Rows [r0, r1) of matrix p: entry (r, t) to dst[((r - r0) * d + t) * stride], on this thread.
+  template <typename scalar_t>
+  void fill_rows(const scalar_t* xp, int64_t p, int64_t r0, int64_t r1, double* dst, int64_t stride = 1) const {
+    for (int64_t r = r0; r < r1; ++r) {
+      const scalar_t* src = xp + (ip ? ip[p * m + r] * s1 : p * s0 + r * s1);
+      double* row = dst + (r - r0) * d * stride;
+      for (int64_t t = 0; t < d; ++t) row[t * stride] = static_cast<double>(src[t * s2]);
+    }
   }
   static constexpr int64_t kRowGrain = 512;
 };

@@ -19,11 +19,8 @@ int64_t gram_basis(const double* z, int64_t rows, int64_t cols, double* eig, dou
   return side;
 }
 
-void apply_singular_gradient(const double* z, int64_t rows, int64_t cols, const double* eig, const double* vec,
-                             int64_t ldv, const SigmaGradient& dsigma, double* y, Scratch& s, double min_floor) {
-  const auto opts = at::TensorOptions().dtype(at::kDouble);
-  const bool wide = rows <= cols;
-  const int64_t side = wide ? rows : cols;
+const double* gradient_weights(const double* eig, const double* vec, int64_t ldv, int64_t side,
+                               const SigmaGradient& dsigma, Scratch& s, double min_floor) {
   s.sigma.resize(side);
   s.h.assign(side, 0.0);
   s.weighted.resize(side * side);
@@ -36,15 +33,70 @@ void apply_singular_gradient(const double* z, int64_t rows, int64_t cols, const 
     const double f = s.sigma[i] > 0.0 ? s.h[i] / s.sigma[i] : 0.0;
     for (int64_t j = 0; j < side; ++j) s.weighted[i * side + j] = f * vec[i * ldv + j];
   }
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
   const at::Tensor e = at::from_blob(const_cast<double*>(vec), {side, side}, {ldv, 1}, opts);
   at::Tensor w = at::from_blob(s.w.data(), {side, side}, opts);
   at::mm_out(w, e.t(), at::from_blob(s.weighted.data(), {side, side}, opts));
+  return s.w.data();
+}
+
+void apply_singular_gradient(const double* z, int64_t rows, int64_t cols, const double* eig, const double* vec,
+                             int64_t ldv, const SigmaGradient& dsigma, double* y, Scratch& s, double min_floor) {
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  const bool wide = rows <= cols;
+  const int64_t side = wide ? rows : cols;
+  const at::Tensor w = at::from_blob(const_cast<double*>(gradient_weights(eig, vec, ldv, side, dsigma, s, min_floor)),
+                                     {side, side}, opts);
   const at::Tensor zt = at::from_blob(const_cast<double*>(z), {rows, cols}, opts);
   at::Tensor yt = at::from_blob(y, {rows, cols}, opts);
   if (wide)
     at::mm_out(yt, w, zt);
   else
     at::mm_out(yt, zt, w);
+}
+
+namespace {
+constexpr int64_t kStreamSlabs = 8;  // partial Grams of streamed_gram (at most)
+}  // namespace
+
+void streamed_gram(int64_t rows, int64_t cols, const RowBlockFill& fill, double* g, int64_t ldg) {
+  const int64_t blocks = (rows + kStreamRows - 1) / kStreamRows;
+  const int64_t slabs = std::max<int64_t>(1, std::min(kStreamSlabs, blocks));
+  // Slab j sums blocks [j * blocks / slabs, (j + 1) * blocks / slabs) in order; slab 0 into g.
+  const auto partial = uninitialized_doubles((slabs - 1) * cols * cols);
+  at::parallel_for(0, slabs, 1, [&](int64_t j0, int64_t j1) {
+    std::vector<double> z(kStreamRows * cols);
+    for (int64_t j = j0; j < j1; ++j) {
+      double* dst = j == 0 ? g : partial.get() + (j - 1) * cols * cols;
+      const int64_t ld = j == 0 ? ldg : cols;
+      for (int64_t b = j * blocks / slabs; b < (j + 1) * blocks / slabs; ++b) {
+        const int64_t r0 = b * kStreamRows, r1 = std::min(rows, r0 + kStreamRows);
+        fill(r0, r1, z.data());
+        column_gram_upper(z.data(), r1 - r0, cols, dst, ld, /*accumulate=*/b != j * blocks / slabs);
+      }
+    }
+  });
+  for (int64_t j = 1; j < slabs; ++j) {  // the upper triangles, in slab order
+    const double* src = partial.get() + (j - 1) * cols * cols;
+    at::parallel_for(0, cols, 32, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t t = i; t < cols; ++t) g[i * ldg + t] += src[i * cols + t];
+    });
+  }
+}
+
+void streamed_product(int64_t rows, int64_t cols, const RowBlockFill& fill, const double* w, int64_t ldw,
+                      const RowBlockStore& store) {
+  const int64_t blocks = (rows + kStreamRows - 1) / kStreamRows;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> z(kStreamRows * cols), y(kStreamRows * cols);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * kStreamRows, r1 = std::min(rows, r0 + kStreamRows);
+      fill(r0, r1, z.data());
+      gemm_ab(r1 - r0, cols, cols, z.data(), cols, w, ldw, y.data(), cols);
+      store(r0, r1, y.data());
+    }
+  });
 }
 
 void singular_gradient(const double* z, int64_t rows, int64_t cols, const SigmaGradient& dsigma, double* y,
