@@ -115,6 +115,63 @@ TEST_P(Interleaved, ZeroRowsOnlyAddZeroEigenvalues) {
     EXPECT_NEAR(eig[(n - r + j) * kLanes], expect[j].item<double>(), 1e-12 * expect.max().item<double>());
 }
 
+TEST_P(Interleaved, EigenvectorsMatchLapack) {
+  at::manual_seed(15);
+  for (int64_t n : {1, 2, 3, 5, 16, 64, 67}) {
+    std::vector<at::Tensor> kinds = {
+        random_symmetric(n),
+        gram_of(n, n),
+        gram_of(n, std::max<int64_t>(1, n / 3)),              // rank deficient: a repeated zero eigenvalue
+        at::zeros({n, n}, at::kDouble),
+        3.0 * at::eye(n, at::kDouble),
+        wilkinson(n),
+        1e-150 * gram_of(n, n),
+        1e150 * random_symmetric(n),
+    };
+    for (size_t first = 0; first < kinds.size(); ++first) {
+      std::vector<at::Tensor> mats;
+      for (int64_t q = 0; q < kLanes; ++q) mats.push_back(kinds[(first + q) % kinds.size()]);
+      const int64_t ldv = n + 2;  // a leading dimension wider than the matrix
+      std::vector<double> a = pack(mats, n, n), work(dse::cpu::interleaved_vectors_workspace(n));
+      std::vector<std::vector<double>> eig(kLanes, std::vector<double>(n)), vec(kLanes, std::vector<double>(n * ldv));
+      double* eig_ptrs[kLanes];
+      double* vec_ptrs[kLanes];
+      for (int64_t q = 0; q < kLanes; ++q) eig_ptrs[q] = eig[q].data(), vec_ptrs[q] = vec[q].data();
+      ASSERT_EQ(dse::cpu::interleaved_eigenvectors(a.data(), n, eig_ptrs, vec_ptrs, ldv, work.data()), 0);
+      for (int64_t q = 0; q < kLanes; ++q) {
+        const at::Tensor expect = at::linalg_eigvalsh(mats[q]);
+        const double scale = std::max(expect.abs().max().item<double>(), 1e-300);
+        const at::Tensor values = at::tensor(eig[q], at::kDouble);
+        const at::Tensor v = at::from_blob(vec[q].data(), {n, n}, {ldv, 1}, at::kDouble).clone();  // rows
+        const std::string where = "n = " + std::to_string(n) + ", kind " + std::to_string((first + q) % kinds.size());
+        EXPECT_TRUE(at::allclose(values / scale, expect / scale, 0, 1e-12)) << where;
+        // Orthonormal rows, and A v_i = lambda_i v_i to the rounding of A.
+        EXPECT_TRUE(at::allclose(at::mm(v, v.t()), at::eye(n, at::kDouble), 0, 1e-12)) << where;
+        const at::Tensor residual = at::mm(v, mats[q]) - values.unsqueeze(1) * v;
+        EXPECT_LT(residual.abs().max().item<double>() / scale, 1e-12) << where;
+      }
+    }
+  }
+}
+
+TEST_P(Interleaved, EigenvectorsOfZeroPaddedGramsLieInTheMatrix) {
+  // The css backward pads a group to its largest member with zero rows: the r largest
+  // eigenpairs are those of the r x r Gram, their vectors zero on the padding.
+  at::manual_seed(16);
+  const int64_t n = 12, r = 7;
+  at::Tensor g = at::zeros({n, n}, at::kDouble);
+  const at::Tensor small = gram_of(r, r);
+  g.narrow(0, 0, r).narrow(1, 0, r).copy_(small);
+  std::vector<double> a = pack({g}, n, n), work(dse::cpu::interleaved_vectors_workspace(n)), eig(n), vec(n * n);
+  double* eig_ptrs[kLanes] = {eig.data()};
+  double* vec_ptrs[kLanes] = {vec.data()};
+  ASSERT_EQ(dse::cpu::interleaved_eigenvectors(a.data(), n, eig_ptrs, vec_ptrs, n, work.data()), 0);
+  const at::Tensor v = at::from_blob(vec.data(), {n, n}, at::kDouble).narrow(0, n - r, r);
+  EXPECT_LT(v.narrow(1, r, n - r).abs().max().item<double>(), 1e-12);
+  const at::Tensor top = at::tensor(std::vector<double>(eig.begin() + (n - r), eig.end()), at::kDouble);
+  EXPECT_TRUE(at::allclose(top, at::linalg_eigvalsh(small), 0, 1e-12 * small.abs().max().item<double>()));
+}
+
 INSTANTIATE_TEST_SUITE_P(Isa, Interleaved, ::testing::Values("portable", "avx2"));
 
 TEST(InterleavedFallback, UnconvergedLanesAreReportedAndSolvedByLapack) {
@@ -125,13 +182,20 @@ TEST(InterleavedFallback, UnconvergedLanesAreReportedAndSolvedByLapack) {
   std::vector<double> a = pack(mats, n, n), eig(n * kLanes), work(dse::cpu::interleaved_eigen_workspace(n));
   const int old = dse::cpu::set_interleaved_max_sweeps(0);
   EXPECT_EQ(dse::cpu::interleaved_eigenvalues(a.data(), n, eig.data(), work.data()), (1 << kLanes) - 1);
+  std::vector<double> b = pack(mats, n, n), vwork(dse::cpu::interleaved_vectors_workspace(n)), e(n), v(n * n);
+  double* eig_ptrs[kLanes] = {e.data()};
+  double* vec_ptrs[kLanes] = {v.data()};
+  EXPECT_EQ(dse::cpu::interleaved_eigenvectors(b.data(), n, eig_ptrs, vec_ptrs, n, vwork.data()), (1 << kLanes) - 1);
 
   // The kernels then solve the failed matrices with LAPACK: same results.
   const at::Tensor x = at::randn({9, 20, 30}, at::kDouble);
   const at::Tensor labels = at::randint(0, 3, {9, 20}, at::kLong);
   const at::Tensor rank_fallback = std::get<0>(dse::cpu::effective_rank(x));
   const at::Tensor css_fallback = std::get<0>(dse::cpu::cluster_css(x, labels, 3));
+  const at::Tensor grad = at::linspace(-1.0, 2.0, 27, at::kDouble).view({9, 3});
+  const at::Tensor css_grad_fallback = dse::cpu::cluster_css_backward(grad, x, labels, 3);  // wide clusters
   dse::cpu::set_interleaved_max_sweeps(old);
+  EXPECT_TRUE(at::allclose(css_grad_fallback, dse::cpu::cluster_css_backward(grad, x, labels, 3), 1e-10, 1e-12));
   EXPECT_TRUE(at::allclose(rank_fallback, std::get<0>(dse::cpu::effective_rank(x)), 1e-12, 0));
   EXPECT_TRUE(at::allclose(css_fallback, std::get<0>(dse::cpu::cluster_css(x, labels, 3)), 1e-12, 0));
 }

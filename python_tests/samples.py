@@ -148,6 +148,14 @@ def _css_samples(g, dtype):
     sizes = torch.tensor([70, 40, 25, 9, 3, 2, 1])
     bucketed = torch.repeat_interleave(torch.arange(7), sizes)[torch.randperm(150, generator=g)][None]
     out.append(Sample("buckets_of_sizes", lambda a, l: (a, l, 8), (x(1, 150, 36), bucketed)))
+    # Clusters of at most d + 1 points: kLanes at a time through the interleaved eigensolver with
+    # vectors in the CPU backward (groups of 4, 4 and 1, padded to their largest member), also at
+    # extreme scales.
+    sizes = torch.tensor([30, 25, 20, 14, 9, 6, 4, 3, 2])
+    wide = torch.repeat_interleave(torch.arange(9), sizes)[torch.randperm(113, generator=g)][None]
+    out.append(Sample("wide_groups_of_sizes", lambda a, l: (a, l, 9), (x(1, 113, 40), wide)))
+    out.append(Sample("wide_huge_scale", lambda a, l: (a * 2.0**60, l, 3), (x(2, 15, 12), lab(0, 3, 2, 15))))
+    out.append(Sample("wide_tiny_scale", lambda a, l: (a * 2.0**-60, l, 3), (x(2, 15, 12), lab(0, 3, 2, 15))))
     return out
 
 

@@ -17,6 +17,7 @@
 #include "common/spectrum.h"
 #include "cpu/cluster_rows.h"
 #include "cpu/gram_spectra.h"
+#include "cpu/interleaved.h"
 #include "cpu/kernels.h"
 #include "cpu/singular_gradient.h"
 
@@ -45,6 +46,9 @@ struct Grouping {
     return ids;
   }
 };
+
+// Largest Gram side whose eigenvectors the backward takes from the interleaved solver.
+constexpr int64_t kInterleavedVectorsMax = 192;
 
 void sum_of_sigma(const double*, int64_t m, double* h) {
   for (int64_t i = 0; i < m; ++i) h[i] = 1.0;  // d(sum sigma) / d sigma_i
@@ -149,7 +153,21 @@ at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_i
         if (lp[i] < 0 || g.size(c) < 2 || gp[c] == 0.0) std::fill(op_out + i * d, op_out + (i + 1) * d, scalar_t(0));
       }
     });
-    for_each_matrix(ids, [&](int64_t c, Scratch& s) {
+    // Clusters of at most d + 1 points without a kept basis (wide Gram matrices) go kLanes at
+    // a time through the interleaved Gram product and eigensolver with vectors, the others
+    // (and a lone one) one at a time through BLAS and LAPACK. Tasks: the single clusters
+    // (the largest, from `ids`), then the groups of kLanes consecutive `lanes` (similar sizes).
+    std::vector<int64_t> lanes, singles;
+    for (int64_t c : ids)
+      if (!have_basis && g.size(c) - 1 <= std::min(d, kInterleavedVectorsMax))
+        lanes.push_back(c);
+      else
+        singles.push_back(c);
+    if (lanes.size() == 1) singles.push_back(lanes[0]), lanes.clear();
+    const int64_t n_singles = static_cast<int64_t>(singles.size());
+    const int64_t n_groups = (static_cast<int64_t>(lanes.size()) + kLanes - 1) / kLanes;
+
+    auto one_cluster = [&](int64_t c, Scratch& s) {
       const int64_t p = c / k, n = g.size(c);
       const int64_t* members = g.members(c);
       const auto z = uninitialized_doubles((n - 1) * d), y = uninitialized_doubles((n - 1) * d);
@@ -161,6 +179,53 @@ at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_i
       else
         singular_gradient(z.get(), n - 1, d, sum_of_sigma, y.get(), s, noise);
       scatter_centred_gradient<scalar_t>(y.get(), members, n, d, gp[c] / css_denominator(n, d), op_out + p * M * d);
+    };
+    auto group = [&](int64_t first, Scratch& s) {
+      const int64_t count = std::min<int64_t>(kLanes, lanes.size() - first);
+      const int64_t* cs = lanes.data() + first;  // largest first
+      const int64_t r_max = g.size(cs[0]) - 1, n3 = (r_max + kGramBlock - 1) / kGramBlock * kGramBlock;
+      const int64_t per_lane = r_max * d + n3 + n3 * n3;  // centred matrix, eigenvalues, eigenvectors
+      s.lanes.resize(kLanes * per_lane + n3 * d * kLanes + n3 * n3 * kLanes + interleaved_vectors_workspace(n3) +
+                     r_max * d);
+      double* zi = s.lanes.data() + kLanes * per_lane;  // (n3, d) x kLanes
+      double* gi = zi + n3 * d * kLanes;                 // (n3, n3) x kLanes
+      double* work = gi + n3 * n3 * kLanes;
+      double* y = work + interleaved_vectors_workspace(n3);
+      double* eig[kLanes] = {};
+      double* vec[kLanes] = {};
+      double noise[kLanes] = {};
+      for (int64_t q = 0; q < kLanes; ++q) {
+        double* zq = s.lanes.data() + q * per_lane;
+        const int64_t r = q < count ? g.size(cs[q]) - 1 : 0;
+        if (r > 0) {
+          noise[q] = fill_centred<scalar_t>(xp + (cs[q] / k) * M * d, g.members(cs[q]), r + 1, d, zq, 1);
+          for (int64_t i = 0; i < r * d; ++i) zi[i * kLanes + q] = zq[i];
+          eig[q] = zq + r_max * d;
+          vec[q] = eig[q] + n3;
+        }
+        for (int64_t i = r * d; i < n3 * d; ++i) zi[i * kLanes + q] = 0.0;  // zero rows: zero eigenvalues
+      }
+      interleaved_gram(zi, n3, d, gi);
+      const int failed = interleaved_eigenvectors(gi, n3, eig, vec, n3, work);
+      for (int64_t q = 0; q < count; ++q) {
+        const int64_t c = cs[q], n = g.size(c), r = n - 1;
+        const double* zq = s.lanes.data() + q * per_lane;
+        if (failed & (1 << q))  // the QL iteration did not converge: LAPACK on this matrix
+          singular_gradient(zq, r, d, sum_of_sigma, y, s, noise[q]);
+        else  // its r largest eigenpairs (the others belong to the zero rows), vectors cut to r entries
+          apply_singular_gradient(zq, r, d, eig[q] + (n3 - r), vec[q] + (n3 - r) * n3, n3, sum_of_sigma, y, s,
+                                  noise[q]);
+        scatter_centred_gradient<scalar_t>(y, g.members(c), n, d, gp[c] / css_denominator(n, d),
+                                           op_out + (c / k) * M * d);
+      }
+    };
+    std::vector<int64_t> tasks(n_singles + n_groups);
+    for (size_t t = 0; t < tasks.size(); ++t) tasks[t] = static_cast<int64_t>(t);
+    for_each_matrix(tasks, [&](int64_t t, Scratch& s) {
+      if (t < n_singles)
+        one_cluster(singles[t], s);
+      else
+        group((t - n_singles) * kLanes, s);
     });
   });
   return out;

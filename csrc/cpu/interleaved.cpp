@@ -1,4 +1,4 @@
-// Interleaved Gram matrices and symmetric eigenvalues (see interleaved.h).
+// Interleaved Gram matrices and symmetric eigenvalues and eigenvectors (see interleaved.h).
 //
 // Written once on a kLanes-wide vector type and compiled twice (portable and
 // AVX2+FMA):
@@ -6,8 +6,9 @@
 //      register tiles.
 //   1. Householder reduction to tridiagonal form (as LAPACK's dsytd2, lower).
 //   2. Implicit QL with Wilkinson shifts on the tridiagonal matrix (EISPACK's
-//      tql1), eigenvalues only. Off-diagonal entries below eps * ||T|| are
-//      treated as zero, which moves no eigenvalue by more than that.
+//      tql1; with eigenvectors, tql2, its rotations accumulated, then the
+//      reflectors of stage 1 applied back). Off-diagonal entries below
+//      eps * ||T|| are treated as zero, which moves no eigenvalue by more than that.
 // Each lane is first scaled by its largest entry, so squares cannot overflow.
 #include "cpu/interleaved.h"
 
@@ -15,6 +16,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 namespace dse::cpu {
 namespace {
@@ -65,7 +67,9 @@ DSE_INLINE bool all(vm m) {
 
 // Stage 1. a: interleaved n x n (lower triangle), n >= 1. Writes the diagonal
 // to d[0..n) and the sub-diagonal to e[0..n-1), e[n-1] = 0. work: 2n vectors.
-DSE_INLINE void tridiagonalize(vd* a, int64_t n, vd* d, vd* e, vd* work) {
+// With taus (n vectors), reflector k (I - tau_k v v^T, v on rows k+1..n-1) is kept:
+// v in column k of `a` below the diagonal, tau_k in taus[k] (taus[n-2..n) = 0).
+DSE_INLINE void tridiagonalize(vd* a, int64_t n, vd* d, vd* e, vd* work, vd* taus = nullptr) {
   vd* v = work;
   vd* w = work + n;
   for (int64_t k = 0; k + 2 < n; ++k) {
@@ -92,6 +96,10 @@ DSE_INLINE void tridiagonalize(vd* a, int64_t n, vd* d, vd* e, vd* work) {
     }
     d[k] = a[k * n + k];
     e[k] = alpha;
+    if (taus) {  // column k below the diagonal is not read again: it keeps the reflector
+      taus[k] = tau;
+      for (int64_t i = 0; i < m; ++i) a[(k + 1 + i) * n + k] = v[i];
+    }
     // w = tau A22 v, A22 = trailing m x m block (lower triangle stored).
     for (int64_t i = 0; i < m; ++i) w[i] = splat(0.0);
     for (int64_t i = 0; i < m; ++i) {
@@ -124,11 +132,16 @@ DSE_INLINE void tridiagonalize(vd* a, int64_t n, vd* d, vd* e, vd* work) {
   }
   d[n - 1] = a[(n - 1) * n + (n - 1)];
   e[n - 1] = splat(0.0);
+  if (taus)
+    for (int64_t k = std::max<int64_t>(0, n - 2); k < n; ++k) taus[k] = splat(0.0);
 }
 
 // Stage 2: eigenvalues of the tridiagonal (d, e) in place in d (unsorted).
-// Returns the mask of lanes that did not converge.
-DSE_INLINE int ql_eigenvalues(int64_t n, vd* d, vd* e, int sweeps_allowed) {
+// Returns the mask of lanes that did not converge. With zt (n x n, the identity
+// on entry), every rotation is applied to its rows too (EISPACK's tql2): row i
+// ends as the eigenvector of d[i] in the tridiagonal's basis. A lane that does not
+// take a step gets the identity rotation (s = 0, c = 1), which changes no bit.
+DSE_INLINE int ql_eigenvalues(int64_t n, vd* d, vd* e, int sweeps_allowed, vd* zt = nullptr) {
   vd norm = splat(0.0);
   for (int64_t i = 0; i < n; ++i) {
     const vd t = vabs(d[i]) + vabs(e[i]);
@@ -187,6 +200,16 @@ DSE_INLINE int ql_eigenvalues(int64_t n, vd* d, vd* e, int sweeps_allowed) {
         const vd r2 = (d[i] - g2) * s_new + 2.0 * c_new * b;
         const vd p_new = s_new * r2;
         d[i + 1] = select(go, g2 + p_new, d[i + 1]);
+        if (zt) {
+          const vd sr = select(go, s_new, splat(0.0)), cr = select(go, c_new, splat(1.0));
+          vd* lo = zt + i * n;
+          vd* hi = lo + n;
+          for (int64_t t = 0; t < n; ++t) {
+            const vd f = hi[t];
+            hi[t] = sr * lo[t] + cr * f;
+            lo[t] = cr * lo[t] - sr * f;
+          }
+        }
         g = select(go, c_new * r2 - b, g);
         s = select(go, s_new, s);
         c = select(go, c_new, c);
@@ -250,8 +273,53 @@ DSE_INLINE int eigen_body(double* a_raw, int64_t n, double* eig_raw, double* wor
   return failed;
 }
 
+// Eigenvalues (unsorted, in eig_raw) and eigenvectors (row i of zt_raw, n x n, for
+// eigenvalue i) of kLanes interleaved symmetric matrices. work: 5n vectors.
+DSE_INLINE int vectors_body(double* a_raw, int64_t n, double* eig_raw, double* zt_raw, double* work_raw,
+                            int sweeps_allowed) {
+  vd* a = reinterpret_cast<vd*>(a_raw);
+  vd* d = reinterpret_cast<vd*>(eig_raw);
+  vd* zt = reinterpret_cast<vd*>(zt_raw);
+  vd* e = reinterpret_cast<vd*>(work_raw);
+  vd* taus = e + n;
+  vd* scratch = taus + n;  // 2n vectors, then v (n) for the back-transformation
+  vd scale = splat(0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j <= i; ++j) {
+      const vd t = vabs(a[i * n + j]);
+      for (int q = 0; q < kLanes; ++q) scale[q] = std::max(scale[q], t[q]);
+    }
+  for (int q = 0; q < kLanes; ++q) scale[q] = scale[q] > 0.0 && std::isfinite(scale[q]) ? scale[q] : 1.0;
+  const vd inv = 1.0 / scale;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j <= i; ++j) a[i * n + j] *= inv;
+  tridiagonalize(a, n, d, e, scratch, taus);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t t = 0; t < n; ++t) zt[i * n + t] = splat(i == t ? 1.0 : 0.0);
+  const int failed = ql_eigenvalues(n, d, e, sweeps_allowed, zt);
+  // Back to the matrix's basis: x = H_0 H_1 ... H_{n-3} y for every eigenvector y (a row of zt).
+  vd* v = scratch + 2 * n;
+  for (int64_t k = n - 3; k >= 0; --k) {
+    const int64_t m = n - k - 1;
+    for (int64_t t = 0; t < m; ++t) v[t] = a[(k + 1 + t) * n + k];
+    const vd tau = taus[k];
+    for (int64_t i = 0; i < n; ++i) {
+      vd* row = zt + i * n + k + 1;
+      vd dot = splat(0.0);
+      for (int64_t t = 0; t < m; ++t) dot += v[t] * row[t];
+      dot *= tau;
+      for (int64_t t = 0; t < m; ++t) row[t] -= dot * v[t];
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) d[i] *= scale;
+  return failed;
+}
+
 int eigen_portable(double* a, int64_t n, double* eig, double* work, int sweeps) {
   return eigen_body(a, n, eig, work, sweeps);
+}
+int vectors_portable(double* a, int64_t n, double* eig, double* zt, double* work, int sweeps) {
+  return vectors_body(a, n, eig, zt, work, sweeps);
 }
 void gram_portable(const double* z, int64_t n, int64_t d, double* g) {
   gram_body(reinterpret_cast<const vd*>(z), n, d, reinterpret_cast<vd*>(g));
@@ -262,6 +330,10 @@ void gram_portable(const double* z, int64_t n, int64_t d, double* g) {
 __attribute__((target("avx2,fma"))) int eigen_avx2(double* a, int64_t n, double* eig, double* work, int sweeps) {
   return eigen_body(a, n, eig, work, sweeps);
 }
+__attribute__((target("avx2,fma"))) int vectors_avx2(double* a, int64_t n, double* eig, double* zt, double* work,
+                                                     int sweeps) {
+  return vectors_body(a, n, eig, zt, work, sweeps);
+}
 __attribute__((target("avx2,fma"))) void gram_avx2(const double* z, int64_t n, int64_t d, double* g) {
   gram_body(reinterpret_cast<const vd*>(z), n, d, reinterpret_cast<vd*>(g));
 }
@@ -269,13 +341,14 @@ __attribute__((target("avx2,fma"))) void gram_avx2(const double* z, int64_t n, i
 
 struct Choice {
   int (*eigen)(double*, int64_t, double*, double*, int);
+  int (*vectors)(double*, int64_t, double*, double*, double*, int);
   void (*gram)(const double*, int64_t, int64_t, double*);
   const char* isa;
 };
 
-constexpr Choice kPortable{&eigen_portable, &gram_portable, "portable"};
+constexpr Choice kPortable{&eigen_portable, &vectors_portable, &gram_portable, "portable"};
 #ifdef DSE_HAVE_AVX2_PATH
-constexpr Choice kAvx2{&eigen_avx2, &gram_avx2, "avx2"};
+constexpr Choice kAvx2{&eigen_avx2, &vectors_avx2, &gram_avx2, "avx2"};
 #endif
 
 bool avx2_supported() {
@@ -309,6 +382,29 @@ int interleaved_eigenvalues(double* a, int64_t n, double* eig, double* work) {
     for (int64_t i = 0; i < n; ++i) lane[i] = eig[i * kLanes + q];
     std::sort(lane, lane + n);
     for (int64_t i = 0; i < n; ++i) eig[i * kLanes + q] = lane[i];
+  }
+  return failed;
+}
+
+int interleaved_eigenvectors(double* a, int64_t n, double* const* eig, double* const* vec, int64_t ldv,
+                             double* work) {
+  if (n <= 0) return 0;
+  double* values = work;                 // n x kLanes
+  double* zt = values + n * kLanes;      // n x n x kLanes
+  double* inner = zt + n * n * kLanes;   // 5n x kLanes
+  const int failed = chosen().vectors(a, n, values, zt, inner, max_sweeps.load(std::memory_order_relaxed));
+  std::vector<int64_t> order(n);
+  for (int q = 0; q < kLanes; ++q) {
+    if (!eig[q] || (failed & (1 << q))) continue;
+    // Ascending eigenvalues (the QL iteration leaves them unsorted), ties in index order.
+    for (int64_t i = 0; i < n; ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t x, int64_t y) { return values[x * kLanes + q] < values[y * kLanes + q]; });
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t src = order[i];
+      eig[q][i] = values[src * kLanes + q];
+      for (int64_t t = 0; t < n; ++t) vec[q][i * ldv + t] = zt[(src * n + t) * kLanes + q];
+    }
   }
   return failed;
 }

@@ -1,4 +1,5 @@
-// Gram matrices and their eigenvalues for many small float64 matrices, several at a time.
+// Gram matrices and their eigenvalues (and eigenvectors) for many small float64 matrices,
+// several at a time.
 //
 // The DSE kernels solve hundreds of ~64 x 384 Gram eigenproblems per call. For
 // matrices this small a BLAS GEMM cannot use the symmetry of Z Z^T, LAPACK's
@@ -9,7 +10,9 @@
 // Householder tridiagonalization and of the implicit QL iteration runs on all
 // lanes in one SIMD instruction. Lanes whose QL sweep is shorter or already
 // converged are masked, so each lane computes exactly what a one-matrix
-// implementation would.
+// implementation would. The eigenvectors serve the backward kernels, which need
+// the whole eigenbasis of each small Gram matrix (LAPACK's dsyevd takes ~0.3 ms
+// for one 65 x 65 matrix with vectors).
 //
 // On x86-64 CPUs with AVX2 and FMA an AVX2 build of the same code is selected
 // at run time; elsewhere the portable build runs.
@@ -37,6 +40,18 @@ inline int64_t interleaved_eigen_workspace(int64_t n) { return (4 * n + 2) * kLa
 // eigenvalue in ascending order. Returns a bit mask of the lanes whose QL
 // iteration did not converge (their eig entries are unspecified): 0 on success.
 int interleaved_eigenvalues(double* a, int64_t n, double* eig, double* work);
+
+// Scratch doubles needed by interleaved_eigenvectors for order n.
+inline int64_t interleaved_vectors_workspace(int64_t n) { return (n * n + 6 * n) * kLanes; }
+
+// As interleaved_eigenvalues, with eigenvectors (EISPACK's tql2 after the same
+// reduction, then the reflectors applied back). For each lane q with eig[q] not
+// null whose iteration converged: eig[q][0..n) its eigenvalues in ascending order
+// and row i of vec[q] (leading dimension ldv >= n) the unit eigenvector of
+// eig[q][i]. Lanes with a null eig[q] are computed and dropped (padding). Returns
+// the bit mask of lanes that did not converge (their outputs are not written).
+int interleaved_eigenvectors(double* a, int64_t n, double* const* eig, double* const* vec, int64_t ldv,
+                             double* work);
 
 // Which implementation interleaved_gram and interleaved_eigenvalues run: "avx2" or "portable".
 const char* interleaved_isa();

@@ -30,6 +30,7 @@ inline std::unique_ptr<double[]> uninitialized_doubles(int64_t n) {
 // Per-thread scratch of the routines below.
 struct Scratch {
   std::vector<double> gram, eig, sigma, h, weighted, w;
+  std::vector<double> lanes;  // the interleaved groups of a backward kernel (cpu/interleaved.h)
   SymmetricEigen eigen;
 };
 
