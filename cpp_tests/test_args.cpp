@@ -228,9 +228,17 @@ TEST(ClusterCssArgs, BackwardSameErrorThroughTheOpAndTheCheck) {
        "dse::cluster_css_backward: labels must lie in [-1, 3)"},
   });
   // The kept basis and a recomputed one give the same gradient; empty tensors mean "recompute".
-  const at::Tensor kept = op(grad, eig, vec), fresh = op(grad, std::nullopt, std::nullopt);
-  EXPECT_TRUE(at::allclose(kept, fresh, 1e-10, 1e-12));
-  EXPECT_TRUE(at::equal(op(grad, empty, empty), fresh));
+  // The two come from different eigensolvers (LAPACK in the forward, the interleaved one for these
+  // small clusters in the backward), equally accurate: both Gram-based, so their rounding is
+  // amplified by (sigma_max / sigma_min)^2 of a cluster, which random 3 x 3 clusters can make large.
+  // Hence a seed, and a tolerance relative to the largest entry.
+  at::manual_seed(7);
+  const at::Tensor y = points();
+  const auto [y_values, y_counts, y_eig, y_vec] = cluster_css(y, labels, 3, /*keep_basis=*/true);
+  const at::Tensor kept = cluster_css_backward(grad, y, labels, 3, y_eig, y_vec);
+  const at::Tensor fresh = cluster_css_backward(grad, y, labels, 3);
+  EXPECT_LT((kept - fresh).abs().max().item<double>(), 1e-12 * fresh.abs().max().item<double>());
+  EXPECT_TRUE(at::equal(cluster_css_backward(grad, y, labels, 3, empty, empty), fresh));
 }
 
 TEST(ClusterCssArgs, OnePointPerProblemKeepsEmptyBases) {

@@ -38,13 +38,24 @@ template <typename scalar_t>
 double fill_centred(const scalar_t* x, const int64_t* members, int64_t n, int64_t d, double* dst, int64_t stride) {
   std::vector<double> colsum(d, 0.0);
   double max_sq = 0.0;
+  constexpr int64_t kPartial = 8;  // partial sums of the squared norm: no serial chain of d additions
   for (int64_t r = 0; r < n; ++r) {
     const scalar_t* row = x + members[r] * d;
-    double sq = 0.0;
-    for (int64_t t = 0; t < d; ++t) {
-      colsum[t] += static_cast<double>(row[t]);
-      sq += static_cast<double>(row[t]) * static_cast<double>(row[t]);
+    double part[kPartial] = {};
+    int64_t t = 0;
+    for (; t + kPartial <= d; t += kPartial)
+      for (int64_t j = 0; j < kPartial; ++j) {
+        const double v = static_cast<double>(row[t + j]);
+        colsum[t + j] += v;
+        part[j] += v * v;
+      }
+    for (; t < d; ++t) {
+      const double v = static_cast<double>(row[t]);
+      colsum[t] += v;
+      part[0] += v * v;
     }
+    double sq = 0.0;
+    for (int64_t j = 0; j < kPartial; ++j) sq += part[j];
     max_sq = sq > max_sq ? sq : max_sq;
   }
   const scalar_t* last = x + members[n - 1] * d;

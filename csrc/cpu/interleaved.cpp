@@ -136,12 +136,46 @@ DSE_INLINE void tridiagonalize(vd* a, int64_t n, vd* d, vd* e, vd* work, vd* tau
     for (int64_t k = std::max<int64_t>(0, n - 2); k < n; ++k) taus[k] = splat(0.0);
 }
 
+// The rotations of one QL sweep applied to the rows of zt (n x n): rotation i, for i
+// from top - 1 down to l, mixes rows i and i + 1 with sine sn[i] and cosine cs[i]:
+// row i + 1 <- s row_i + c row_{i+1}, row i <- c row_i - s row_{i+1}. Row i + 1 is final
+// once rotation i is done, so each column carries one running value down the sweep:
+// one load and one store per entry instead of two of each per rotation.
+DSE_INLINE void apply_sweep(vd* zt, int64_t n, int64_t l, int64_t top, const vd* sn, const vd* cs) {
+  constexpr int64_t W = 4;  // columns at a time: independent chains hide the FMA latency
+  int64_t t = 0;
+  for (; t + W <= n; t += W) {
+    vd h[W];
+    for (int64_t j = 0; j < W; ++j) h[j] = zt[top * n + t + j];
+    for (int64_t i = top - 1; i >= l; --i) {
+      vd* row = zt + i * n + t;
+      const vd sv = sn[i], cv = cs[i];
+      for (int64_t j = 0; j < W; ++j) {
+        const vd lo = row[j];
+        row[n + j] = sv * lo + cv * h[j];
+        h[j] = cv * lo - sv * h[j];
+      }
+    }
+    for (int64_t j = 0; j < W; ++j) zt[l * n + t + j] = h[j];
+  }
+  for (; t < n; ++t) {
+    vd h = zt[top * n + t];
+    for (int64_t i = top - 1; i >= l; --i) {
+      const vd lo = zt[i * n + t];
+      zt[(i + 1) * n + t] = sn[i] * lo + cs[i] * h;
+      h = cs[i] * lo - sn[i] * h;
+    }
+    zt[l * n + t] = h;
+  }
+}
+
 // Stage 2: eigenvalues of the tridiagonal (d, e) in place in d (unsorted).
 // Returns the mask of lanes that did not converge. With zt (n x n, the identity
-// on entry), every rotation is applied to its rows too (EISPACK's tql2): row i
-// ends as the eigenvector of d[i] in the tridiagonal's basis. A lane that does not
-// take a step gets the identity rotation (s = 0, c = 1), which changes no bit.
-DSE_INLINE int ql_eigenvalues(int64_t n, vd* d, vd* e, int sweeps_allowed, vd* zt = nullptr) {
+// on entry) and rot (2n vectors of scratch), every rotation is applied to its rows
+// too (EISPACK's tql2; a sweep's rotations at once, apply_sweep): row i ends as the
+// eigenvector of d[i] in the tridiagonal's basis. A lane that does not take a step
+// gets the identity rotation (s = 0, c = 1), which changes no bit.
+DSE_INLINE int ql_eigenvalues(int64_t n, vd* d, vd* e, int sweeps_allowed, vd* zt = nullptr, vd* rot = nullptr) {
   vd norm = splat(0.0);
   for (int64_t i = 0; i < n; ++i) {
     const vd t = vabs(d[i]) + vabs(e[i]);
@@ -201,20 +235,15 @@ DSE_INLINE int ql_eigenvalues(int64_t n, vd* d, vd* e, int sweeps_allowed, vd* z
         const vd p_new = s_new * r2;
         d[i + 1] = select(go, g2 + p_new, d[i + 1]);
         if (zt) {
-          const vd sr = select(go, s_new, splat(0.0)), cr = select(go, c_new, splat(1.0));
-          vd* lo = zt + i * n;
-          vd* hi = lo + n;
-          for (int64_t t = 0; t < n; ++t) {
-            const vd f = hi[t];
-            hi[t] = sr * lo[t] + cr * f;
-            lo[t] = cr * lo[t] - sr * f;
-          }
+          rot[i] = select(go, s_new, splat(0.0));
+          rot[n + i] = select(go, c_new, splat(1.0));
         }
         g = select(go, c_new * r2 - b, g);
         s = select(go, s_new, s);
         c = select(go, c_new, c);
         p = select(go, p_new, p);
       }
+      if (zt) apply_sweep(zt, n, l, m_max, rot, rot + n);
       const vm finish = active & ~deflated;
       d[l] = select(finish, d[l] - p, d[l]);
       e[l] = select(finish, g, e[l]);
@@ -274,7 +303,7 @@ DSE_INLINE int eigen_body(double* a_raw, int64_t n, double* eig_raw, double* wor
 }
 
 // Eigenvalues (unsorted, in eig_raw) and eigenvectors (row i of zt_raw, n x n, for
-// eigenvalue i) of kLanes interleaved symmetric matrices. work: 5n vectors.
+// eigenvalue i) of kLanes interleaved symmetric matrices. work: 7n vectors.
 DSE_INLINE int vectors_body(double* a_raw, int64_t n, double* eig_raw, double* zt_raw, double* work_raw,
                             int sweeps_allowed) {
   vd* a = reinterpret_cast<vd*>(a_raw);
@@ -283,6 +312,7 @@ DSE_INLINE int vectors_body(double* a_raw, int64_t n, double* eig_raw, double* z
   vd* e = reinterpret_cast<vd*>(work_raw);
   vd* taus = e + n;
   vd* scratch = taus + n;  // 2n vectors, then v (n) for the back-transformation
+  vd* rot = scratch + 3 * n;  // 2n: one sweep's rotations
   vd scale = splat(0.0);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j <= i; ++j) {
@@ -296,14 +326,26 @@ DSE_INLINE int vectors_body(double* a_raw, int64_t n, double* eig_raw, double* z
   tridiagonalize(a, n, d, e, scratch, taus);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t t = 0; t < n; ++t) zt[i * n + t] = splat(i == t ? 1.0 : 0.0);
-  const int failed = ql_eigenvalues(n, d, e, sweeps_allowed, zt);
+  const int failed = ql_eigenvalues(n, d, e, sweeps_allowed, zt, rot);
   // Back to the matrix's basis: x = H_0 H_1 ... H_{n-3} y for every eigenvector y (a row of zt).
   vd* v = scratch + 2 * n;
   for (int64_t k = n - 3; k >= 0; --k) {
     const int64_t m = n - k - 1;
     for (int64_t t = 0; t < m; ++t) v[t] = a[(k + 1 + t) * n + k];
     const vd tau = taus[k];
-    for (int64_t i = 0; i < n; ++i) {
+    constexpr int64_t R = 4;  // rows at a time: independent dot products hide the FMA latency
+    int64_t i = 0;
+    for (; i + R <= n; i += R) {
+      vd* row = zt + i * n + k + 1;
+      vd dot[R];
+      for (int64_t j = 0; j < R; ++j) dot[j] = splat(0.0);
+      for (int64_t t = 0; t < m; ++t)
+        for (int64_t j = 0; j < R; ++j) dot[j] += v[t] * row[j * n + t];
+      for (int64_t j = 0; j < R; ++j) dot[j] *= tau;
+      for (int64_t t = 0; t < m; ++t)
+        for (int64_t j = 0; j < R; ++j) row[j * n + t] -= dot[j] * v[t];
+    }
+    for (; i < n; ++i) {
       vd* row = zt + i * n + k + 1;
       vd dot = splat(0.0);
       for (int64_t t = 0; t < m; ++t) dot += v[t] * row[t];
@@ -391,7 +433,7 @@ int interleaved_eigenvectors(double* a, int64_t n, double* const* eig, double* c
   if (n <= 0) return 0;
   double* values = work;                 // n x kLanes
   double* zt = values + n * kLanes;      // n x n x kLanes
-  double* inner = zt + n * n * kLanes;   // 5n x kLanes
+  double* inner = zt + n * n * kLanes;   // 7n x kLanes
   const int failed = chosen().vectors(a, n, values, zt, inner, max_sweeps.load(std::memory_order_relaxed));
   std::vector<int64_t> order(n);
   for (int q = 0; q < kLanes; ++q) {

@@ -42,7 +42,7 @@ inline int64_t interleaved_eigen_workspace(int64_t n) { return (4 * n + 2) * kLa
 int interleaved_eigenvalues(double* a, int64_t n, double* eig, double* work);
 
 // Scratch doubles needed by interleaved_eigenvectors for order n.
-inline int64_t interleaved_vectors_workspace(int64_t n) { return (n * n + 6 * n) * kLanes; }
+inline int64_t interleaved_vectors_workspace(int64_t n) { return (n * n + 8 * n) * kLanes; }
 
 // As interleaved_eigenvalues, with eigenvectors (EISPACK's tql2 after the same
 // reduction, then the reflectors applied back). For each lane q with eig[q] not
