@@ -280,12 +280,9 @@ DSE_INLINE void gram_body(const vd* z, int64_t n, int64_t d, vd* g) {
     }
 }
 
-DSE_INLINE int eigen_body(double* a_raw, int64_t n, double* eig_raw, double* work_raw, int sweeps_allowed) {
-  vd* a = reinterpret_cast<vd*>(a_raw);
-  vd* d = reinterpret_cast<vd*>(eig_raw);
-  vd* e = reinterpret_cast<vd*>(work_raw);
-  vd* scratch = e + n;  // 2n vectors
-  // Scale each lane by its largest entry (the QL step squares entries).
+// Divides each lane of the interleaved n x n lower triangle by its largest entry (the QL
+// step squares entries) and returns the divisors (1 for an all-zero or non-finite lane).
+DSE_INLINE vd scale_lanes(vd* a, int64_t n) {
   vd scale = splat(0.0);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j <= i; ++j) {
@@ -296,6 +293,15 @@ DSE_INLINE int eigen_body(double* a_raw, int64_t n, double* eig_raw, double* wor
   const vd inv = 1.0 / scale;
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j <= i; ++j) a[i * n + j] *= inv;
+  return scale;
+}
+
+DSE_INLINE int eigen_body(double* a_raw, int64_t n, double* eig_raw, double* work_raw, int sweeps_allowed) {
+  vd* a = reinterpret_cast<vd*>(a_raw);
+  vd* d = reinterpret_cast<vd*>(eig_raw);
+  vd* e = reinterpret_cast<vd*>(work_raw);
+  vd* scratch = e + n;  // 2n vectors
+  const vd scale = scale_lanes(a, n);
   tridiagonalize(a, n, d, e, scratch);
   const int failed = ql_eigenvalues(n, d, e, sweeps_allowed);
   for (int64_t i = 0; i < n; ++i) d[i] *= scale;
@@ -313,16 +319,7 @@ DSE_INLINE int vectors_body(double* a_raw, int64_t n, double* eig_raw, double* z
   vd* taus = e + n;
   vd* scratch = taus + n;  // 2n vectors, then v (n) for the back-transformation
   vd* rot = scratch + 3 * n;  // 2n: one sweep's rotations
-  vd scale = splat(0.0);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j <= i; ++j) {
-      const vd t = vabs(a[i * n + j]);
-      for (int q = 0; q < kLanes; ++q) scale[q] = std::max(scale[q], t[q]);
-    }
-  for (int q = 0; q < kLanes; ++q) scale[q] = scale[q] > 0.0 && std::isfinite(scale[q]) ? scale[q] : 1.0;
-  const vd inv = 1.0 / scale;
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j <= i; ++j) a[i * n + j] *= inv;
+  const vd scale = scale_lanes(a, n);
   tridiagonalize(a, n, d, e, scratch, taus);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t t = 0; t < n; ++t) zt[i * n + t] = splat(i == t ? 1.0 : 0.0);
