@@ -6,7 +6,8 @@
 // whose singular values are the square roots of the eigenvalues of its smaller Gram
 // matrix, in float64. The forward computes eigenvalues only, four matrices at a time
 // (cpu/gram_spectra.h); with keep_basis, and in the backward, each cluster's Gram
-// matrix is decomposed with its eigenvectors (cpu/singular_gradient.h).
+// matrix is decomposed with its eigenvectors (cpu/singular_gradient.h): in the
+// backward, small clusters four at a time by the interleaved solver (cpu/interleaved.h).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 

@@ -5,7 +5,9 @@
 // Gram matrix, in float64. The forward computes eigenvalues only, four matrices at a
 // time (cpu/gram_spectra.h); with keep_basis, and in the backward, each Gram matrix
 // is decomposed with its eigenvectors (cpu/singular_gradient.h). Matrices are read
-// in place (strided slices, or table rows through the index: cpu/rank_rows.h).
+// in place (strided slices, or table rows through the index: cpu/rank_rows.h); tall
+// ones with keep_basis and in the backward 256 rows at a time (streamed_gram,
+// streamed_product), never as a whole float64 copy.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
