@@ -18,6 +18,7 @@
 #include "common/segments.h"
 #include "common/spectrum.h"
 #include "cpu/cluster_rows.h"
+#include "cpu/fresh_output.h"
 #include "cpu/gram_spectra.h"
 
 TEST(Rng, SplitMix64ReferenceValue) {
@@ -466,4 +467,21 @@ TEST(CssBatches, WorkspaceAtDseScale) {
   // The global clustering with a realistic spread: several GB padded, a quarter GiB chunked.
   const std::vector<int64_t> global = spread_sizes(128, 1568, 24, 196);
   EXPECT_GT(dse::css_padded_bytes(global.data(), global.size(), d, false), int64_t{2} << 30);
+}
+
+TEST(FreshOutput, ContiguousOfTheRequestedShapeAndWritableThroughout) {
+  // Below the huge-page size, and large enough to be advised (an odd byte count, so that the
+  // advised range starts and ends inside the buffer).
+  for (const std::vector<int64_t>& sizes : {std::vector<int64_t>{3, 5, 7}, std::vector<int64_t>{3, 1031, 1027}}) {
+    for (const auto dtype : {at::kFloat, at::kDouble}) {
+      const at::Tensor like = at::empty(sizes, at::TensorOptions().dtype(dtype)).transpose(0, 2);
+      const at::Tensor out = dse::cpu::empty_filled_output_like(like);
+      EXPECT_EQ(out.sizes(), like.sizes());
+      EXPECT_EQ(out.scalar_type(), dtype);
+      EXPECT_TRUE(out.is_contiguous());
+      out.copy_(at::arange(out.numel(), out.options()).view(out.sizes()));  // every byte written
+      EXPECT_TRUE(at::equal(out.view({-1}), at::arange(out.numel(), out.options())));
+    }
+  }
+  EXPECT_EQ(dse::cpu::empty_filled_output({0, 384}, at::TensorOptions()).numel(), 0);
 }

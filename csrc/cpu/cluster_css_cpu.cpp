@@ -17,6 +17,7 @@
 #include "common/cluster_css_args.h"
 #include "common/spectrum.h"
 #include "cpu/cluster_rows.h"
+#include "cpu/fresh_output.h"
 #include "cpu/gram_spectra.h"
 #include "cpu/interleaved.h"
 #include "cpu/kernels.h"
@@ -146,7 +147,7 @@ at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_i
 
   // Written once: the rows of the clusters in `ids` by their gradient below, the others
   // (ignored points, clusters of < 2 points or with a zero incoming gradient) zeroed here.
-  at::Tensor out = at::empty_like(in.x, at::MemoryFormat::Contiguous);
+  at::Tensor out = empty_filled_output_like(in.x);
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_cluster_css_backward_cpu", [&] {
     const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
     scalar_t* op_out = out.data_ptr<scalar_t>();

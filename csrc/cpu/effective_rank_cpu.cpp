@@ -18,6 +18,7 @@
 
 #include "common/effective_rank_args.h"
 #include "common/spectrum.h"
+#include "cpu/fresh_output.h"
 #include "cpu/gram_spectra.h"
 #include "cpu/kernels.h"
 #include "cpu/rank_rows.h"
@@ -113,7 +114,7 @@ at::Tensor effective_rank_backward(const at::Tensor& grad_in, const at::Tensor& 
   for (int64_t p = 0; p < P; ++p)
     if (gp[p] != 0.0) ids.push_back(p);
 
-  at::Tensor per_matrix = at::empty({P, m, d}, x.options());  // dL/dS for each matrix
+  at::Tensor per_matrix = empty_filled_output({P, m, d}, x.options());  // dL/dS for each matrix
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dse_effective_rank_backward_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* out = per_matrix.data_ptr<scalar_t>();

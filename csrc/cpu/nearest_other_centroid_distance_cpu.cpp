@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/nearest_other_centroid_distance_args.h"
+#include "cpu/fresh_output.h"
 #include "cpu/kernels.h"
 #include "cpu/lapack.h"
 
@@ -106,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_other_centroid_distance_backward(
   const NearestBackwardArgs in =
       check_nearest_backward_args(grad_in, x_in, centroids_in, labels_in, valid_in, c10::DeviceType::CPU);
   const at::Tensor& grad = in.grad;
-  at::Tensor grad_x = at::empty_like(in.x, at::MemoryFormat::Contiguous);  // every row written below
+  at::Tensor grad_x = empty_filled_output_like(in.x);  // every row written below
   at::Tensor target = at::full({in.P * in.M}, in.P * in.k, in.x.options().dtype(at::kLong));  // dump row P * k
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_nearest_other_backward_cpu", [&] {
     const std::vector<int64_t> best = nearest_other_choice<scalar_t>(in);
