@@ -7,7 +7,9 @@
 // and each one's loops use every thread instead. Distances come from small GEMMs
 // (|c|^2 - 2 x.c, in float64 from the GEMM's dot products), one per block of
 // kPointBlock points, each followed at once by that block's scan (nearest
-// centroid, or seeding distances) while its dots are in cache. The blocks are the
+// centroid, or seeding distances) while its dots are in cache, and in a Lloyd update by
+// the sums of its members while its points are (one pass over the points per update
+// instead of two: a problem of the whole batch does not fit in cache). The blocks are the
 // same however many threads run them, and every BLAS call is single-threaded
 // (inside our parallel loops), so the bits do not depend on the thread count.
 // One GEMM over a whole large problem made BLAS repack all its points at every
@@ -38,11 +40,13 @@ namespace {
 template <typename scalar_t>
 struct Workspace {
   Workspace(int64_t M, int64_t k, int64_t d)
-      : dots(M * k), xsq(M), dist2(M), block_totals(seed_block_count(M)), csq(k), sums(k * d), partial(k * d),
-        centroids(k * d), members(k), duplicate(k) {}
+      : dots(M * k), xsq(M), dist2(M), block_totals(seed_block_count(M)), csq(k), sums(k * d),
+        segment_sums(segment_count(M, kUpdateSegment) * k * d), centroids(k * d), members(k),
+        segment_members(segment_count(M, kUpdateSegment) * k), duplicate(k) {}
   std::vector<scalar_t> dots;  // (k, M) c . x
-  std::vector<double> xsq, dist2, block_totals, csq, sums, partial, centroids;  // centroids: (k, d) float64 copy
-  std::vector<int64_t> members;
+  std::vector<double> xsq, dist2, block_totals, csq, sums, centroids;  // centroids: (k, d) float64 copy
+  std::vector<double> segment_sums;       // (segments, k, d): each update segment's sums of its members
+  std::vector<int64_t> members, segment_members;  // (k,) and (segments, k) member counts
   std::vector<char> duplicate;  // duplicate[j]: centroid j equals a lower-numbered one
   bool inner_parallel = false;  // split each problem's loops over threads (when problems are fewer than threads)
 };
@@ -122,9 +126,11 @@ void seed_plus_plus(const scalar_t* x, int64_t n, int64_t d, int64_t k, int64_t 
 }
 
 // Nearest centroid of each of the n points (ties to the lowest index, common/kmeans_rules.h).
-template <typename scalar_t>
+// after_block(begin, end) runs on each block of points once its labels are set, while the
+// block's points are still in cache.
+template <typename scalar_t, typename AfterBlock>
 void assign(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t k, int64_t* labels,
-            Workspace<scalar_t>& ws) {
+            Workspace<scalar_t>& ws, const AfterBlock& after_block) {
   for (int64_t j = 0; j < k; ++j) {
     double s = 0.0;
     for (int64_t t = 0; t < d; ++t) s += static_cast<double>(c[j * d + t]) * static_cast<double>(c[j * d + t]);
@@ -154,7 +160,14 @@ void assign(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t 
         }
       }
     }
+    after_block(begin, end);
   });
+}
+
+template <typename scalar_t>
+void assign(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t k, int64_t* labels,
+            Workspace<scalar_t>& ws) {
+  assign(x, n, d, c, k, labels, ws, [](int64_t, int64_t) {});
 }
 
 // acc[t] += row[t] for t in [0, n): the centroid sums' inner loop, compiled for AVX-512,
@@ -172,26 +185,41 @@ DSE_SIMD_CLONES void add_row(double* __restrict acc, const double* __restrict ro
   for (int64_t t = 0; t < n; ++t) acc[t] += row[t];
 }
 
-// Float64 sums (k, d) of each cluster's members (labels[0..n)), in the segment order of
-// common/kmeans_rules.h (kUpdateSegment): the same bits as the CUDA kernel's sums.
+// A point block holds whole update segments, so the blocks' segments are disjoint.
+static_assert(kPointBlock % kUpdateSegment == 0, "point blocks must hold whole update segments");
+
+// The sums and member counts of the update segments in the point block [begin, end) by
+// the labels just assigned: each segment's sums start from 0.0 and add its members in
+// point order (common/kmeans_rules.h).
 template <typename scalar_t>
-void cluster_sums(const scalar_t* x, int64_t n, int64_t d, int64_t k, const int64_t* labels,
+void sum_segments(const scalar_t* x, int64_t begin, int64_t end, int64_t d, int64_t k, const int64_t* labels,
                   Workspace<scalar_t>& ws) {
-  std::fill(ws.sums.begin(), ws.sums.end(), 0.0);
+  for (int64_t s = begin / kUpdateSegment; s * kUpdateSegment < end; ++s) {
+    const Segment seg = segment_bounds(s, end, kUpdateSegment);
+    double* sums = ws.segment_sums.data() + s * k * d;
+    int64_t* members = ws.segment_members.data() + s * k;
+    std::fill(sums, sums + k * d, 0.0);
+    std::fill(members, members + k, 0);
+    for (int64_t i = seg.begin; i < seg.end; ++i) {
+      add_row(sums + labels[i] * d, x + i * d, d);
+      members[labels[i]] += 1;
+    }
+  }
+}
+
+// Float64 sums (k, d) and member counts (k) of the clusters from the segments' (sum_segments),
+// the segments added in segment order: the same bits as the CUDA kernel's sums.
+template <typename scalar_t>
+void cluster_sums(int64_t n, int64_t d, int64_t k, Workspace<scalar_t>& ws) {
   const int64_t segments = segment_count(n, kUpdateSegment);
-  loop(ws.inner_parallel, d, 16, [&](int64_t t0, int64_t t1) {  // column blocks: no two threads share a sum
-    for (int64_t s = 0; s < segments; ++s) {
-      const Segment seg = segment_bounds(s, n, kUpdateSegment);
-      // Segment 0 goes straight into the (zero) sums: 0.0 + its sum is its sum.
-      double* into = s == 0 ? ws.sums.data() : ws.partial.data();
-      if (s > 0)
-        for (int64_t j = 0; j < k; ++j) std::fill(into + j * d + t0, into + j * d + t1, 0.0);
-      for (int64_t i = seg.begin; i < seg.end; ++i) {
-        add_row(into + labels[i] * d + t0, x + i * d + t0, t1 - t0);
-      }
-      if (s > 0)
-        for (int64_t j = 0; j < k; ++j)
-          for (int64_t t = t0; t < t1; ++t) ws.sums[j * d + t] += into[j * d + t];
+  std::fill(ws.members.begin(), ws.members.end(), 0);
+  for (int64_t s = 0; s < segments; ++s)
+    for (int64_t j = 0; j < k; ++j) ws.members[j] += ws.segment_members[s * k + j];
+  loop(ws.inner_parallel, k * d, 1024, [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e) {
+      double sum = ws.segment_sums[e];
+      for (int64_t s = 1; s < segments; ++s) sum += ws.segment_sums[s * k * d + e];
+      ws.sums[e] = sum;
     }
   });
 }
@@ -204,10 +232,10 @@ int64_t lloyd(const scalar_t* x, int64_t n, int64_t d, int64_t k, int64_t max_it
   for (int64_t i = 0; i < k * d; ++i) ws.centroids[i] = static_cast<double>(c[i]);
   int64_t it = 0;
   while (it < max_iters) {
-    assign(x, n, d, c, k, labels, ws);
-    std::fill(ws.members.begin(), ws.members.end(), 0);
-    for (int64_t i = 0; i < n; ++i) ws.members[labels[i]] += 1;
-    cluster_sums(x, n, d, k, labels, ws);
+    // Each block's members are summed right after its assignment, while its points are in cache.
+    assign(x, n, d, c, k, labels, ws,
+           [&](int64_t begin, int64_t end) { sum_segments(x, begin, end, d, k, labels, ws); });
+    cluster_sums(n, d, k, ws);
     double shift2 = 0.0;
     for (int64_t j = 0; j < k; ++j) {
       if (ws.members[j] == 0) continue;  // an empty cluster keeps its centroid
