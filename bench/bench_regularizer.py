@@ -289,7 +289,8 @@ def main() -> None:
           + (f"; {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""))
     print("DSERegularizer (pooled M_dim; the global clustering over the group column's images: 'whole batch' is "
           f"the default, '{LIGHTLY_GROUP} images' is lightly's grouping, the same work as its port); forward + "
-          f"backward, median of {args.repeats} calls after a warm-up; lightly = its DSERegularizer(weight=1e-3) "
+          f"backward, median of {args.repeats} calls after a warm-up (lightly: of {min(args.repeats, 3)}); lightly = its "
+          "DSERegularizer(weight=1e-3) "
           "with its own defaults, the same on every row of a size; ViT-S/16 step = forward, backward and SGD "
           "update, " + (f"{vit_dtype} autocast.\n" if vit_dtype != "float32" else "float32.\n"))
     print("| B×N×d | global groups | ext fwd+bwd (ms) | ext peak GPU MB | lightly (ms) | lightly / ext | floor (ms) "
@@ -299,7 +300,10 @@ def main() -> None:
     pad = " | | | | | | | | | |"
     floors = []
     for size in args.sizes:
-        lightly = (run_json(["--worker", "lightly", size, "1", "cpu", vit_dtype, "all"])["seconds"]
+        # lightly: the median of up to 3 calls after its warm-up (each takes seconds; one call alone
+        # moved by ±30 % between runs on a shared 2-core machine)
+        lightly_repeats = str(min(args.repeats, 3))
+        lightly = (run_json(["--worker", "lightly", size, lightly_repeats, "cpu", vit_dtype, "all"])["seconds"]
                    if cpu and not args.no_lightly else None)
         vit_r = ({"seconds": None} if args.no_vit
                  else run_json(["--worker", "vit", size, vit_repeats, args.device, vit_dtype, "all"]))
