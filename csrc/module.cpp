@@ -1,9 +1,11 @@
 // The Python extension module dse_ext._C. Importing it runs the static
 // registrars of csrc/ops.cpp and of the device kernels, which makes
-// torch.ops.dse.* available. It exposes only build information; all
-// computation goes through the dispatcher. Import torch before this module.
+// torch.ops.dse.* available. It exposes build information, test hooks and one
+// memory helper; all computation goes through the dispatcher. Import torch
+// before this module.
 #include <pybind11/pybind11.h>
 
+#include "cpu/fresh_output.h"
 #include "cpu/interleaved.h"
 #include "cpu/lapack.h"
 
@@ -49,6 +51,11 @@ PYBIND11_MODULE(_C, m) {
   m.attr("with_cuda") = false;
   m.attr("cuda_batched_syev") = false;
 #endif
+  // Huge pages for a large CPU buffer the caller owns and has not written yet (address, bytes):
+  // used by dse_ext._ops._library.empty_for_overwrite; see csrc/cpu/fresh_output.h.
+  m.def("_advise_huge_pages", [](uintptr_t address, size_t bytes) {
+    dse::cpu::advise_huge_pages(reinterpret_cast<void*>(address), bytes);
+  });
   m.attr("direct_lapack") = dse::cpu::uses_direct_lapack();      // BLAS/LAPACK called without ATen
   m.attr("cpu_simd") = std::string(dse::cpu::interleaved_isa());  // "avx2" or "portable"
 }

@@ -11,6 +11,7 @@ import torch
 
 from . import _ops, reference
 from ._ops._common import double_backward_error
+from ._ops._library import empty_for_overwrite
 from ._ops.kmeans import check_options as check_kmeans_options
 from ._rng import derive_seed
 from ._validation import as_float_tensor, check_labels, check_ndim, check_positive_int, check_seed
@@ -118,7 +119,7 @@ class _MeanDistanceToMean(torch.autograd.Function):
         B, N, _ = x.shape
         with torch.no_grad():
             inverse = torch.where(norms > 0, norms.reciprocal(), torch.zeros_like(norms))
-            out = torch.empty_like(x)
+            out = empty_for_overwrite(x.shape, x)
             for xb, ob, ib in zip(x.split(ctx.step), out.split(ctx.step), inverse.split(ctx.step)):
                 torch.sub(xb, mean, out=ob).mul_(ib[..., None])  # u
             u_mean = out.mean(dim=(0, 1))
@@ -271,7 +272,8 @@ class _Normalize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y: torch.Tensor, divisor: torch.Tensor, ordinary: torch.Tensor | None) -> torch.Tensor:
-        out = y / divisor.expand_as(y)  # expanded like F.normalize: a faster division on the CPU
+        # expanded like F.normalize: a faster division on the CPU
+        out = torch.div(y, divisor.expand_as(y), out=empty_for_overwrite(y.shape, y))
         ctx.save_for_backward(out, divisor, ordinary)
         return out
 
@@ -284,7 +286,7 @@ class _Normalize(torch.autograd.Function):
             # each block costs kernel launches). Every token's arithmetic is the same either way.
             d = out.shape[-1]
             rows = out.numel() // max(1, d)
-            result = out.new_empty(out.shape)  # contiguous, so its (rows, d) view is written in place
+            result = empty_for_overwrite(out.shape, out)  # contiguous: its (rows, d) view is written in place
             g, u, r = grad.expand_as(out).reshape(rows, d), out.reshape(rows, d), result.view(rows, d)
             div = divisor.expand(*out.shape[:-1], 1).reshape(rows, 1)
             keep = None if ordinary is None else ordinary.expand(*out.shape[:-1], 1).reshape(rows, 1)

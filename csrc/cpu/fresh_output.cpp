@@ -1,6 +1,7 @@
 // Large CPU outputs with huge pages requested before their first write (cpu/fresh_output.h).
 #include "cpu/fresh_output.h"
 
+#include <cstddef>
 #include <cstdint>
 
 #if defined(__linux__)
@@ -13,18 +14,23 @@ constexpr uintptr_t kHugePage = uintptr_t{1} << 21;  // 2 MiB, x86-64's and most
 constexpr size_t kHugePageMinBytes = size_t{8} << 20;  // below this the saving is lost in the noise
 }  // namespace
 
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (data == nullptr || bytes < kHugePageMinBytes) return;
+  const auto begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1), last = (begin + bytes) & ~(kHugePage - 1);
+  // A request, not a requirement: where the kernel says no (THP off, old kernel) the
+  // pages stay 4 KiB and nothing else changes, so the result is not checked.
+  if (last > first) (void)madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 at::Tensor empty_filled_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor out = at::empty(sizes, options.memory_format(at::MemoryFormat::Contiguous));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const size_t bytes = out.nbytes();
-  if (bytes >= kHugePageMinBytes) {
-    const auto begin = reinterpret_cast<uintptr_t>(out.data_ptr());
-    const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1), last = (begin + bytes) & ~(kHugePage - 1);
-    // A request, not a requirement: where the kernel says no (THP off, old kernel) the
-    // pages stay 4 KiB and nothing else changes, so the result is not checked.
-    if (last > first) (void)madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-  }
-#endif
+  advise_huge_pages(out.data_ptr(), out.nbytes());
   return out;
 }
 

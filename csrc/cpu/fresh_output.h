@@ -13,8 +13,13 @@
 
 namespace dse::cpu {
 
+// Asks for huge pages on the whole 2 MiB pages of [data, data + bytes) when bytes is at least
+// 8 MiB (below that the saving is lost in the noise) and the platform has the request (Linux); nothing otherwise. For memory
+// that the caller owns and has not written yet (the Python layer's large temporaries too).
+void advise_huge_pages(void* data, size_t bytes);
+
 // at::empty(sizes, options), contiguous and uninitialized, with huge pages requested for
-// the part of it that spans whole 2 MiB pages (when at least kHugePageMinBytes).
+// the part of it that spans whole 2 MiB pages (advise_huge_pages).
 at::Tensor empty_filled_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 
 // The same with x's sizes and options.
