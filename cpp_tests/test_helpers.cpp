@@ -472,7 +472,7 @@ TEST(CssBatches, WorkspaceAtDseScale) {
 TEST(FreshOutput, ContiguousOfTheRequestedShapeAndWritableThroughout) {
   // Below the huge-page size, and large enough to be advised (an odd byte count, so that the
   // advised range starts and ends inside the buffer).
-  for (const std::vector<int64_t>& sizes : {std::vector<int64_t>{3, 5, 7}, std::vector<int64_t>{3, 1031, 1027}}) {
+  for (const std::vector<int64_t>& sizes : {std::vector<int64_t>{3, 5, 7}, std::vector<int64_t>{9, 1031, 1027}}) {
     for (const auto dtype : {at::kFloat, at::kDouble}) {
       const at::Tensor like = at::empty(sizes, at::TensorOptions().dtype(dtype)).transpose(0, 2);
       const at::Tensor out = dse::cpu::empty_filled_output_like(like);

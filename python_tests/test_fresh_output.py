@@ -8,7 +8,7 @@ import torch
 from dse_ext._ops import _library
 from dse_ext._ops._library import empty_for_overwrite
 
-LARGE = (3, 1031, 1027)  # 12.7 MB of float32: above the 8 MiB threshold, not a multiple of 2 MiB
+LARGE = (9, 1031, 1027)  # 38 MB of float32: above the 32 MiB threshold, not a multiple of 2 MiB
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 5), LARGE, (0, 384)])
@@ -32,6 +32,6 @@ def test_the_request_never_changes_memory_already_written():
     values = torch.randn(LARGE, generator=torch.Generator().manual_seed(0))
     copy = values.clone()
     _library._C._advise_huge_pages(values.data_ptr(), values.nbytes)       # whole buffer, odd ends
-    _library._C._advise_huge_pages(values.data_ptr() + 4096, 3 << 20)      # a range inside it
+    _library._C._advise_huge_pages(values.data_ptr() + 4096, 33 << 20)     # a range inside it
     _library._C._advise_huge_pages(values.data_ptr(), 100)                 # below the threshold: nothing
     assert torch.equal(values, copy)

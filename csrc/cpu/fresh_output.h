@@ -14,7 +14,7 @@
 namespace dse::cpu {
 
 // Asks for huge pages on the whole 2 MiB pages of [data, data + bytes) when bytes is at least
-// 8 MiB (below that the saving is lost in the noise) and the platform has the request (Linux); nothing otherwise. For memory
+// 32 MiB (smaller blocks are reused from glibc's heap, see fresh_output.cpp) and the platform has the request (Linux); nothing otherwise. For memory
 // that the caller owns and has not written yet (the Python layer's large temporaries too).
 void advise_huge_pages(void* data, size_t bytes);
 
