@@ -32,6 +32,26 @@ inline void group_by_label(const int64_t* labels, int64_t P, int64_t M, int64_t 
   });
 }
 
+// Asks for the cache lines of a row of d entries to be loaded ahead of their use: a cluster's
+// member rows are scattered over the points, so the hardware prefetcher cannot see the next one
+// coming, and each row would otherwise start with a few cache misses in a row.
+// (for_write: the row is about to be written).
+template <typename scalar_t>
+inline void prefetch_row(const scalar_t* row, int64_t d, bool for_write = false) {
+#if defined(__GNUC__)
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t b = 0; b < d * static_cast<int64_t>(sizeof(scalar_t)); b += 64)
+    if (for_write)
+      __builtin_prefetch(bytes + b, 1);
+    else
+      __builtin_prefetch(bytes + b);
+#else
+  (void)row;
+  (void)d;
+  (void)for_write;
+#endif
+}
+
 // Writes the Householder-centred (n - 1, d) matrix of the n member rows (common/spectrum.h).
 // Returns the Gram eigenvalue floor of its centring noise (centring_noise_floor).
 template <typename scalar_t>
@@ -41,6 +61,7 @@ double fill_centred(const scalar_t* x, const int64_t* members, int64_t n, int64_
   constexpr int64_t kPartial = 8;  // partial sums of the squared norm: no serial chain of d additions
   for (int64_t r = 0; r < n; ++r) {
     const scalar_t* row = x + members[r] * d;
+    if (r + 1 < n) prefetch_row(x + members[r + 1] * d, d);
     double part[kPartial] = {};
     int64_t t = 0;
     for (; t + kPartial <= d; t += kPartial)
@@ -80,6 +101,7 @@ void scatter_centred_gradient(const double* y, const int64_t* members, int64_t n
     for (int64_t t = 0; t < d; ++t) total[t] += y[r * d + t];
   for (int64_t r = 0; r + 1 < n; ++r) {
     scalar_t* out = grad + members[r] * d;
+    prefetch_row(grad + members[r + 1] * d, d, /*for_write=*/true);
     for (int64_t t = 0; t < d; ++t) out[t] = static_cast<scalar_t>(s * (y[r * d + t] - c * total[t]));
   }
   scalar_t* last = grad + members[n - 1] * d;
