@@ -34,8 +34,8 @@ inline void group_by_label(const int64_t* labels, int64_t P, int64_t M, int64_t 
 
 // Asks for the cache lines of a row of d entries to be loaded ahead of their use: a cluster's
 // member rows are scattered over the points, so the hardware prefetcher cannot see the next one
-// coming, and each row would otherwise start with a few cache misses in a row.
-// (for_write: the row is about to be written).
+// coming, and each row would otherwise start with a few cache misses in a row. for_write:
+// the row is about to be written rather than read.
 template <typename scalar_t>
 inline void prefetch_row(const scalar_t* row, int64_t d, bool for_write = false) {
 #if defined(__GNUC__)

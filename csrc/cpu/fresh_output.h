@@ -1,21 +1,23 @@
-// Output tensors of the CPU kernels that are written in full and are large: the
-// backward kernels' gradients, one per token (77 MB at 256 x 196 x 384 float32).
+// Large buffers that are written in full: the CPU backward kernels' gradients, one row
+// per token, and the Python layer's temporaries of the same size (the normalized tokens,
+// their gradient, avg_l2's gradient; dse_ext._ops._library.empty_for_overwrite).
 //
-// A buffer that size comes from glibc as a fresh mmap at every call, and its first
-// write faults in one 4 KiB page at a time: about a fifth of the regularizer's
-// backward at 256 images on 2 cores. Where the kernel allows transparent huge pages
-// on request (Linux, "madvise" mode), the whole 2 MiB pages inside the buffer are
-// asked for before anything touches them, so that the same write faults 512 times
-// fewer. Only memory the kernel itself allocated and fills is advised; nothing else
-// in the process changes, and the values are the same either way.
+// At 256 x 196 x 384 float32 such a buffer is 77 MB, above glibc's largest mmap
+// threshold (32 MiB), so it is a fresh mapping at every call and its first write faults
+// one 4 KiB page at a time: together about a sixth of the regularizer's time at 256
+// images on 2 cores. Where the kernel grants transparent huge pages on request (Linux,
+// "madvise" mode), the whole 2 MiB pages inside such a buffer are asked for before
+// anything touches it, so that the same write faults 512 times fewer. Only those buffers
+// are advised; nothing else in the process changes, and the values are the same either way.
 #pragma once
 #include <ATen/ATen.h>
 
 namespace dse::cpu {
 
-// Asks for huge pages on the whole 2 MiB pages of [data, data + bytes) when bytes is at least
-// 32 MiB (smaller blocks are reused from glibc's heap, see fresh_output.cpp) and the platform has the request (Linux); nothing otherwise. For memory
-// that the caller owns and has not written yet (the Python layer's large temporaries too).
+// Asks for huge pages on the whole 2 MiB pages of [data, data + bytes) when bytes is at
+// least 32 MiB (smaller blocks are reused from glibc's heap, see fresh_output.cpp) and the
+// platform has the request (Linux); nothing otherwise. For memory that the caller owns and
+// has not written yet.
 void advise_huge_pages(void* data, size_t bytes);
 
 // at::empty(sizes, options), contiguous and uninitialized, with huge pages requested for
