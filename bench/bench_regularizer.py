@@ -291,7 +291,8 @@ def main() -> None:
           f"the default, '{LIGHTLY_GROUP} images' is lightly's grouping, the same work as its port); forward + "
           f"backward, median of {args.repeats} calls after a warm-up (lightly: of {min(args.repeats, 3)}); "
           "lightly = its DSERegularizer(weight=1e-3) with its own defaults, the same on every row of a size; "
-          "ViT-S/16 step = forward, backward and SGD update, " + (f"{vit_dtype} autocast.\n" if vit_dtype != "float32" else "float32.\n"))
+          "ViT-S/16 step = forward, backward and SGD update, "
+          + (f"{vit_dtype} autocast.\n" if vit_dtype != "float32" else "float32.\n"))
     print("| B×N×d | global groups | ext fwd+bwd (ms) | ext peak GPU MB | lightly (ms) | lightly / ext | floor (ms) "
           "| ext / floor | reference (ms) | ViT-S/16 step (ms) | ext / step |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
