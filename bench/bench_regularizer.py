@@ -14,11 +14,12 @@ whether it is met.
 
 On the CPU two more columns: lightly's ``DSERegularizer`` (the paper's regularizer as the lightly
 library ports it; weight 1e-3, its own defaults: global clustering in groups of 8 images), timed
-in the same way when lightly is installed (``pip install lightly --no-deps`` is enough for that
-module; it is never a dependency of dse_ext), and the **floor**: the FLOPs the regularizer cannot
-avoid (:func:`regularizer_floor_flops`: k-means GEMMs, Grams, eigensolves with vectors, the
-backward's products) divided by GEMM rates measured in the same run, so ``ext / floor`` does not
-depend on how fast the machine is.
+side by side with ours when lightly is installed: in the same process, on the same tokens, their
+calls alternating, so that a drift of the machine's speed moves both (``pip install lightly
+--no-deps`` is enough for that module; it is never a dependency of dse_ext), and the **floor**:
+the FLOPs the regularizer cannot avoid (:func:`regularizer_floor_flops`: k-means GEMMs, Grams,
+eigensolves with vectors, the backward's products) divided by GEMM rates measured in the same
+run, so ``ext / floor`` does not depend on how fast the machine is.
 
 Each size gets one row per ``--group-sizes`` entry: ``all`` is DSERegularizer's default (the
 global clustering over the whole batch: 24 clusters of B·N/24 tokens, whose Grams are d × d),
@@ -51,6 +52,8 @@ CPU_TARGETS = {("cpu", "64x196x384"): (5.0, 1.5, 0.05), ("cpu", "256x196x384"): 
 # lightly's port clusters globally over groups of global_clusters // local_clusters = 24 // 3 = 8
 # images; DSERegularizer does the same work with group_size=8 (its default is the whole batch).
 LIGHTLY_GROUP = 8
+# lightly's calls timed per row (each takes seconds at these sizes): the median of at most this many.
+LIGHTLY_REPEATS = 3
 
 
 def parse_size(s: str) -> tuple[int, int, int]:
@@ -128,27 +131,44 @@ def kmeans_iterations(size: str, group_size: int | None = None) -> tuple[float, 
     return float(it_l.float().mean()), float((it_g.double() * counts).sum() / counts.sum())
 
 
-def time_lightly(size: str, repeats: int) -> dict:
-    """lightly's port (``lightly.loss.regularizer.DSERegularizer``), forward + backward, or None
-    when lightly is not installed (``pip install lightly --no-deps`` is enough for that module)."""
+def time_side_by_side(size: str, repeats: int, group: int | None, lightly_repeats: int) -> dict:
+    """DSERegularizer (compiled, CPU) and lightly's port (``lightly.loss.regularizer.DSERegularizer``)
+    in the same process on the same tokens, forward + backward, their calls alternating after one
+    warm-up each, so that both see the same machine: on a shared machine its speed drifts by tens
+    of percent between processes. Medians of ``repeats`` calls of ours and of the first
+    ``lightly_repeats`` of lightly's (each takes seconds); ``"lightly"`` is None when lightly is
+    not installed (``pip install lightly --no-deps`` is enough for that module)."""
     import torch
+
+    import dse_ext
 
     try:
         from lightly.loss.regularizer.dse import DSERegularizer as LightlyDSE
     except ImportError:
-        return {"seconds": None}
+        LightlyDSE = None
     B, N, d = parse_size(size)
     tokens = torch.randn(B, N, d, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
-    reg = LightlyDSE(weight=1e-3)
-    times = []
-    with torch.random.fork_rng(devices=[]):  # its k-means++ draws from the global RNG
+    ours = dse_ext.DSERegularizer(backend="ext", group_size=group)
+    theirs = None if LightlyDSE is None else LightlyDSE(weight=1e-3)
+
+    def call(reg) -> float:
+        t = time.perf_counter()
+        reg(tokens).backward()
+        tokens.grad = None
+        return time.perf_counter() - t
+
+    ext_times, lightly_times = [], []
+    with torch.random.fork_rng(devices=[]):  # lightly's k-means++ draws from the global RNG
         torch.manual_seed(0)
-        for _ in range(repeats + 1):
-            t = time.perf_counter()
-            reg(tokens).backward()
-            times.append(time.perf_counter() - t)
-            tokens.grad = None
-    return {"seconds": statistics.median(times[1:])}
+        call(ours)  # warm-ups
+        if theirs is not None:
+            call(theirs)
+        for i in range(repeats):
+            ext_times.append(call(ours))
+            if theirs is not None and i < lightly_repeats:
+                lightly_times.append(call(theirs))
+    return {"seconds": statistics.median(ext_times),
+            "lightly": statistics.median(lightly_times) if lightly_times else None}
 
 
 def sync(device: str) -> None:
@@ -264,8 +284,8 @@ def main() -> None:
         group = parse_group(group_arg)
         if kind == "vit":
             result = time_vit(size, int(repeats), device, dtype)
-        elif kind == "lightly":
-            result = time_lightly(size, int(repeats))
+        elif kind == "side-by-side":
+            result = time_side_by_side(size, int(repeats), group, LIGHTLY_REPEATS)
         elif kind == "floor":
             B, N, d = parse_size(size)
             f32, f64 = regularizer_floor_flops(B, N, d, *kmeans_iterations(size, group), group_size=group)
@@ -289,8 +309,9 @@ def main() -> None:
           + (f"; {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""))
     print("DSERegularizer (pooled M_dim; the global clustering over the group column's images: 'whole batch' is "
           f"the default, '{LIGHTLY_GROUP} images' is lightly's grouping, the same work as its port); forward + "
-          f"backward, median of {args.repeats} calls after a warm-up (lightly: of {min(args.repeats, 3)}); "
-          "lightly = its DSERegularizer(weight=1e-3) with its own defaults, the same on every row of a size; "
+          f"backward, median of {args.repeats} calls after a warm-up; lightly = its DSERegularizer(weight=1e-3) with "
+          f"its own defaults, timed in the same process as ours on the same tokens, calls alternating (median of "
+          f"{min(args.repeats, LIGHTLY_REPEATS)}); "
           "ViT-S/16 step = forward, backward and SGD update, "
           + (f"{vit_dtype} autocast.\n" if vit_dtype != "float32" else "float32.\n"))
     print("| B×N×d | global groups | ext fwd+bwd (ms) | ext peak GPU MB | lightly (ms) | lightly / ext | floor (ms) "
@@ -300,18 +321,15 @@ def main() -> None:
     pad = " | | | | | | | | | |"
     floors = []
     for size in args.sizes:
-        # lightly: the median of up to 3 calls after its warm-up (each takes seconds; one call alone
-        # moved by ±30 % between runs on a shared 2-core machine)
-        lightly_repeats = str(min(args.repeats, 3))
-        lightly = (run_json(["--worker", "lightly", size, lightly_repeats, "cpu", vit_dtype, "all"])["seconds"]
-                   if cpu and not args.no_lightly else None)
         vit_r = ({"seconds": None} if args.no_vit
                  else run_json(["--worker", "vit", size, vit_repeats, args.device, vit_dtype, "all"]))
         vit = vit_r["seconds"]
         for group in groups:
             g_arg = "all" if group is None else str(group)
-            ext_r = run_json(["--worker", "ext", size, str(args.repeats), args.device, vit_dtype, g_arg])
-            ext = ext_r["seconds"]
+            side_by_side = cpu and not args.no_lightly  # ours and lightly's in one process, calls alternating
+            ext_r = run_json(["--worker", "side-by-side" if side_by_side else "ext", size, str(args.repeats),
+                              args.device, vit_dtype, g_arg])
+            ext, lightly = ext_r["seconds"], ext_r.get("lightly")
             floor_r = run_json(["--worker", "floor", size, "1", "cpu", vit_dtype, g_arg]) if cpu else None
             floor = floor_r["seconds"] if floor_r else None
             if floor_r:

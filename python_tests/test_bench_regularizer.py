@@ -74,7 +74,14 @@ def test_script_refuses_a_bad_group_size():
 
 def test_lightly_is_timed_side_by_side_when_installed(bench):
     pytest.importorskip("lightly.loss.regularizer.dse")
-    assert bench.time_lightly("4x16x32", 1)["seconds"] > 0
+    result = bench.time_side_by_side("4x16x32", 3, None, 2)
+    assert result["seconds"] > 0 and result["lightly"] > 0
+
+
+def test_side_by_side_without_lightly_times_ours_alone(bench, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lightly.loss.regularizer.dse", None)  # its import now fails
+    result = bench.time_side_by_side("4x16x32", 2, 8, 2)
+    assert result["seconds"] > 0 and result["lightly"] is None
 
 
 def test_eigen_cpu_script_prints_its_tables():
