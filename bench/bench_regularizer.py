@@ -7,19 +7,21 @@ warm-up) with the compiled and the reference backend, its peak GPU memory on CUD
 (forward, backward, SGD update) of timm's ``vit_small_patch16_224`` at the same batch size (under
 bfloat16 autocast on CUDA, float32 on the CPU; ``--vit-dtype``), so the regularizer's cost can be
 read as a fraction of a step. A batch that does not fit on the GPU is halved until it does and
-the step time scaled back up (said in the table). Each measurement runs in a fresh process. The
+the step time scaled back up (said in the table). Each row runs in a fresh process, and so does
+each ViT step. The
 ViT column needs timm (``pip install timm``); without it the column is left empty. Where a target
 is set (TARGETS: CUDA at 256×196×384; CPU_TARGETS: 64 and 256×196×384) a line under the row says
 whether it is met.
 
 On the CPU two more columns: lightly's ``DSERegularizer`` (the paper's regularizer as the lightly
 library ports it; weight 1e-3, its own defaults: global clustering in groups of 8 images), timed
-side by side with ours when lightly is installed: in the same process, on the same tokens, their
-calls alternating, so that a drift of the machine's speed moves both (``pip install lightly
---no-deps`` is enough for that module; it is never a dependency of dse_ext), and the **floor**:
-the FLOPs the regularizer cannot avoid (:func:`regularizer_floor_flops`: k-means GEMMs, Grams,
-eigensolves with vectors, the backward's products) divided by GEMM rates measured in the same
-run, so ``ext / floor`` does not depend on how fast the machine is.
+side by side with ours when lightly is installed (``pip install lightly --no-deps`` is enough for
+that module; it is never a dependency of dse_ext), and the **floor**: the FLOPs the regularizer
+cannot avoid (:func:`regularizer_floor_flops`: k-means GEMMs, Grams, eigensolves with vectors,
+the backward's products) divided by GEMM rates. Ours, lightly's and the GEMM rates are measured
+in the same process, on the same tokens, in alternating rounds (:func:`time_cpu_row`), so that a
+drift of the machine's speed moves all three and the ratios do not depend on how fast the
+machine is at the moment.
 
 Each size gets one row per ``--group-sizes`` entry: ``all`` is DSERegularizer's default (the
 global clustering over the whole batch: 24 clusters of B·N/24 tokens, whose Grams are d × d),
@@ -94,8 +96,9 @@ def regularizer_floor_flops(B: int, N: int, d: int, iters_local: float, iters_gl
     return f32, f64
 
 
-def gemm_rates() -> tuple[float, float]:
-    """Measured CPU FLOP/s of a float32 distance GEMM and a float64 Gram GEMM (as bench_dse.py)."""
+def gemm_probe():
+    """A function measuring the CPU FLOP/s of a float32 distance GEMM and of a float64 Gram GEMM
+    (as bench_dse.py), as a pair, each time it is called (≈ 0.1–0.2 s)."""
     import torch
 
     def rate(a, b, reps):
@@ -109,7 +112,7 @@ def gemm_rates() -> tuple[float, float]:
     x32 = torch.randn(8, 1568, 384)
     c32 = torch.randn(8, 384, 24)
     z64 = torch.randn(192, 64, 384, dtype=torch.float64)
-    return rate(x32, c32, 20), rate(z64, z64.transpose(1, 2), 10)
+    return lambda: (rate(x32, c32, 20), rate(z64, z64.transpose(1, 2), 10))
 
 
 def kmeans_iterations(size: str, group_size: int | None = None) -> tuple[float, float]:
@@ -131,22 +134,28 @@ def kmeans_iterations(size: str, group_size: int | None = None) -> tuple[float, 
     return float(it_l.float().mean()), float((it_g.double() * counts).sum() / counts.sum())
 
 
-def time_side_by_side(size: str, repeats: int, group: int | None, lightly_repeats: int) -> dict:
-    """DSERegularizer (compiled, CPU) and lightly's port (``lightly.loss.regularizer.DSERegularizer``)
-    in the same process on the same tokens, forward + backward, their calls alternating after one
-    warm-up each, so that both see the same machine: on a shared machine its speed drifts by tens
-    of percent between processes. Medians of ``repeats`` calls of ours and of the first
-    ``lightly_repeats`` of lightly's (each takes seconds); ``"lightly"`` is None when lightly is
-    not installed (``pip install lightly --no-deps`` is enough for that module)."""
+def time_cpu_row(size: str, repeats: int, group: int | None, with_lightly: bool, lightly_repeats: int) -> dict:
+    """One CPU row in one process, on the same tokens: DSERegularizer (compiled), forward + backward;
+    the GEMM rates of its floor; and lightly's port (``lightly.loss.regularizer.DSERegularizer``)
+    when ``with_lightly`` and installed (``pip install lightly --no-deps`` is enough for that
+    module). After one warm-up each, every round measures the GEMM rates, then times one call of
+    ours and one of lightly's (the first ``lightly_repeats`` rounds only: each takes seconds), so
+    that all three see the same machine: on a shared machine its speed drifts by tens of percent
+    between processes, which moved "ext / floor" and "lightly / ext" as much when each was
+    measured in a process of its own. Medians over the rounds; ``"lightly"`` is None without it."""
     import torch
 
     import dse_ext
 
-    try:
-        from lightly.loss.regularizer.dse import DSERegularizer as LightlyDSE
-    except ImportError:
-        LightlyDSE = None
+    LightlyDSE = None
+    if with_lightly:
+        try:
+            from lightly.loss.regularizer.dse import DSERegularizer as LightlyDSE
+        except ImportError:
+            pass
     B, N, d = parse_size(size)
+    f32, f64 = regularizer_floor_flops(B, N, d, *kmeans_iterations(size, group), group_size=group)
+    probe = gemm_probe()
     tokens = torch.randn(B, N, d, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     ours = dse_ext.DSERegularizer(backend="ext", group_size=group)
     theirs = None if LightlyDSE is None else LightlyDSE(weight=1e-3)
@@ -157,18 +166,24 @@ def time_side_by_side(size: str, repeats: int, group: int | None, lightly_repeat
         tokens.grad = None
         return time.perf_counter() - t
 
-    ext_times, lightly_times = [], []
+    ext_times, lightly_times, rates = [], [], []
     with torch.random.fork_rng(devices=[]):  # lightly's k-means++ draws from the global RNG
         torch.manual_seed(0)
-        call(ours)  # warm-ups
+        probe()  # warm-ups
+        call(ours)
         if theirs is not None:
             call(theirs)
         for i in range(repeats):
+            rates.append(probe())
             ext_times.append(call(ours))
             if theirs is not None and i < lightly_repeats:
                 lightly_times.append(call(theirs))
+    r32 = statistics.median(r[0] for r in rates)
+    r64 = statistics.median(r[1] for r in rates)
     return {"seconds": statistics.median(ext_times),
-            "lightly": statistics.median(lightly_times) if lightly_times else None}
+            "lightly": statistics.median(lightly_times) if lightly_times else None,
+            "floor": {"seconds": f32 / r32 + f64 / r64, "gflop32": f32 / 1e9, "gflop64": f64 / 1e9,
+                      "rate32": r32 / 1e9, "rate64": r64 / 1e9}}
 
 
 def sync(device: str) -> None:
@@ -284,14 +299,8 @@ def main() -> None:
         group = parse_group(group_arg)
         if kind == "vit":
             result = time_vit(size, int(repeats), device, dtype)
-        elif kind == "side-by-side":
-            result = time_side_by_side(size, int(repeats), group, LIGHTLY_REPEATS)
-        elif kind == "floor":
-            B, N, d = parse_size(size)
-            f32, f64 = regularizer_floor_flops(B, N, d, *kmeans_iterations(size, group), group_size=group)
-            r32, r64 = gemm_rates()
-            result = {"seconds": f32 / r32 + f64 / r64, "gflop32": f32 / 1e9, "gflop64": f64 / 1e9,
-                      "rate32": r32 / 1e9, "rate64": r64 / 1e9}
+        elif kind in ("cpu-row", "cpu-row-alone"):
+            result = time_cpu_row(size, int(repeats), group, kind == "cpu-row", LIGHTLY_REPEATS)
         else:
             result = time_regularizer(size, kind, int(repeats), device, group)
         print(json.dumps(result))
@@ -310,8 +319,8 @@ def main() -> None:
     print("DSERegularizer (pooled M_dim; the global clustering over the group column's images: 'whole batch' is "
           f"the default, '{LIGHTLY_GROUP} images' is lightly's grouping, the same work as its port); forward + "
           f"backward, median of {args.repeats} calls after a warm-up; lightly = its DSERegularizer(weight=1e-3) with "
-          f"its own defaults, timed in the same process as ours on the same tokens, calls alternating (median of "
-          f"{min(args.repeats, LIGHTLY_REPEATS)}); "
+          f"its own defaults; on the CPU ours, lightly's (median of {min(args.repeats, LIGHTLY_REPEATS)} calls) and "
+          "the floor's GEMM rates are measured in the same process on the same tokens, in alternating rounds; "
           "ViT-S/16 step = forward, backward and SGD update, "
           + (f"{vit_dtype} autocast.\n" if vit_dtype != "float32" else "float32.\n"))
     print("| B×N×d | global groups | ext fwd+bwd (ms) | ext peak GPU MB | lightly (ms) | lightly / ext | floor (ms) "
@@ -326,11 +335,11 @@ def main() -> None:
         vit = vit_r["seconds"]
         for group in groups:
             g_arg = "all" if group is None else str(group)
-            side_by_side = cpu and not args.no_lightly  # ours and lightly's in one process, calls alternating
-            ext_r = run_json(["--worker", "side-by-side" if side_by_side else "ext", size, str(args.repeats),
-                              args.device, vit_dtype, g_arg])
+            # On the CPU ours, the floor's GEMM rates and lightly's port in one process, in rounds
+            kind = ("cpu-row-alone" if args.no_lightly else "cpu-row") if cpu else "ext"
+            ext_r = run_json(["--worker", kind, size, str(args.repeats), args.device, vit_dtype, g_arg])
             ext, lightly = ext_r["seconds"], ext_r.get("lightly")
-            floor_r = run_json(["--worker", "floor", size, "1", "cpu", vit_dtype, g_arg]) if cpu else None
+            floor_r = ext_r.get("floor")
             floor = floor_r["seconds"] if floor_r else None
             if floor_r:
                 floors.append((size, group, floor_r))
@@ -364,7 +373,7 @@ def main() -> None:
     for size, group, f in floors:
         print(f"\nfloor at {size}, global groups of {group_label(group)}: {f['gflop32']:.2f} GFLOP float32 (k-means) "
               f"at {f['rate32']:.1f} GFLOP/s + {f['gflop64']:.2f} GFLOP float64 (Grams, eigensolves with vectors, "
-              f"backward products) at {f['rate64']:.1f} GFLOP/s (GEMM rates measured in the same run; "
+              f"backward products) at {f['rate64']:.1f} GFLOP/s (GEMM rates measured between our calls; "
               "regularizer_floor_flops says what is counted)")
 
 

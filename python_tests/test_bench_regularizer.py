@@ -74,14 +74,18 @@ def test_script_refuses_a_bad_group_size():
 
 def test_lightly_is_timed_side_by_side_when_installed(bench):
     pytest.importorskip("lightly.loss.regularizer.dse")
-    result = bench.time_side_by_side("4x16x32", 3, None, 2)
+    result = bench.time_cpu_row("4x16x32", 3, None, True, 2)
     assert result["seconds"] > 0 and result["lightly"] > 0
+    floor = result["floor"]
+    assert floor["rate32"] > 0 and floor["rate64"] > 0
+    assert floor["seconds"] == pytest.approx(floor["gflop32"] / floor["rate32"] + floor["gflop64"] / floor["rate64"])
 
 
-def test_side_by_side_without_lightly_times_ours_alone(bench, monkeypatch):
+def test_a_cpu_row_without_lightly_times_ours_and_the_floor(bench, monkeypatch):
     monkeypatch.setitem(sys.modules, "lightly.loss.regularizer.dse", None)  # its import now fails
-    result = bench.time_side_by_side("4x16x32", 2, 8, 2)
-    assert result["seconds"] > 0 and result["lightly"] is None
+    for with_lightly in (True, False):
+        result = bench.time_cpu_row("4x16x32", 2, 8, with_lightly, 2)
+        assert result["seconds"] > 0 and result["lightly"] is None and result["floor"]["seconds"] > 0
 
 
 def test_eigen_cpu_script_prints_its_tables():
