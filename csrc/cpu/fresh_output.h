@@ -5,7 +5,9 @@
 // At 256 x 196 x 384 float32 such a buffer is 77 MB, above glibc's largest mmap
 // threshold (32 MiB), so it is a fresh mapping at every call and its first write faults
 // one 4 KiB page at a time: together about a sixth of the regularizer's time at 256
-// images on 2 cores. Where the kernel grants transparent huge pages on request (Linux,
+// images on 2 cores, in a process that does nothing else (with other large allocations
+// in between, 2 MiB pages may not be free and the saving disappears: bench/RESULTS.md,
+// 2026-12-06). Where the kernel grants transparent huge pages on request (Linux,
 // "madvise" mode), the whole 2 MiB pages inside such a buffer are asked for before
 // anything touches it, so that the same write faults 512 times fewer. Only those buffers
 // are advised; nothing else in the process changes, and the values are the same either way.

@@ -40,7 +40,8 @@ def empty_for_overwrite(shape, like: torch.Tensor) -> torch.Tensor:
     that is written in full. On the CPU, when it is large (a batch of tokens: 77 MB at 256 × 196 ×
     384), the compiled module asks the kernel for huge pages before anything touches it, so that
     its first write faults in 2 MiB pages instead of 4 KiB ones (csrc/cpu/fresh_output.h): the
-    page faults of such fresh buffers were about a sixth of the regularizer's time at 256 images.
+    page faults of such fresh buffers were about a sixth of the regularizer's time at 256 images in
+    a process doing nothing else (less, or nothing, when other large allocations fragment memory).
     Smaller buffers (under 32 MiB, which glibc reuses from its heap) are left as they are."""
     out = torch.empty(shape, dtype=like.dtype, device=like.device)
     if _C is not None and out.device.type == "cpu":
