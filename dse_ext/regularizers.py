@@ -18,14 +18,18 @@ class DSERegularizer(nn.Module):
     """``loss = −weight · DSE(tokens)``: add it to the SSL loss to counter dense degradation.
 
     DSE is the official form ``m_inter − m_intra + m_dim`` (README, "The metric") with, by default, the
-    pooled M_dim and the whole batch as one group for the global clustering. k-means runs without
+    pooled M_dim and the global clustering over consecutive groups of 8 images, as in the paper's
+    released regularizer (which groups ``global_clusters // local_clusters`` = 24 // 3 images) and
+    lightly's port of it. k-means runs without
     gradient and its centroids are constants; gradients flow through the token normalization,
     avg_l2, the css, the effective rank and the distances. The paper uses ``weight = 1e-3``.
 
     Args:
         weight: β, the multiplier of DSE (the loss is ``−weight · DSE``).
         normalize, local_clusters, global_clusters, m_dim: as in :func:`dse_ext.dse`.
-        group_size: images per group of the global clustering; ``None``: the whole batch.
+        group_size: images per group of the global clustering (the last group may be smaller);
+            ``None``: the whole batch as one group (24 clusters over all B·N tokens: more work
+            and coarser clusters than the released regularizer's groups of 8).
         seed: ``None`` draws a new k-means seed every call from a step counter (reproducible
             from run to run, different at every step); an ``int`` in ``[0, 2**63)`` uses that
             seed at every call.
@@ -44,7 +48,7 @@ class DSERegularizer(nn.Module):
     """
 
     def __init__(self, weight: float = 1e-3, normalize: bool = True, local_clusters: int = 3,
-                 global_clusters: int = 24, group_size: int | None = None, m_dim: str = "pooled",
+                 global_clusters: int = 24, group_size: int | None = 8, m_dim: str = "pooled",
                  seed: int | None = None, backend: str = "auto"):
         super().__init__()
         if not math.isfinite(weight):

@@ -15,10 +15,26 @@ def test_dse_regularizer_is_minus_weight_times_dse(gen):
     tokens = torch.randn(6, 20, 12, generator=gen)
     reg = dse_ext.DSERegularizer(weight=0.5, seed=3)
     loss = reg(tokens)
-    ref = dse_ext.dse(tokens, group_size=None, m_dim="pooled", seed=3)
+    ref = dse_ext.dse(tokens, group_size=8, m_dim="pooled", seed=3)
     torch.testing.assert_close(loss, -0.5 * ref.dse)
     assert reg.last is not None and not reg.last.dse.requires_grad
     torch.testing.assert_close(reg.last.dse, ref.dse)
+
+
+def test_dse_regularizer_groups_by_8_images_like_the_released_regularizer(gen):
+    # The released regularizer clusters globally over groups of global_clusters // local_clusters
+    # = 24 // 3 = 8 consecutive images (the last group smaller): 20 images are groups of 8, 8, 4.
+    tokens = torch.randn(20, 30, 12, generator=gen)
+    reg = dse_ext.DSERegularizer(weight=1.0, seed=5)
+    assert reg.group_size == 8
+    loss = reg(tokens)
+    grouped = dse_ext.dse(tokens, group_size=8, m_dim="pooled", seed=5)
+    whole = dse_ext.dse(tokens, group_size=None, m_dim="pooled", seed=5)
+    torch.testing.assert_close(loss, -grouped.dse)
+    assert not torch.allclose(grouped.m_inter, whole.m_inter)  # the grouping is not the whole batch
+    whole_reg = dse_ext.DSERegularizer(weight=1.0, group_size=None, seed=5)
+    torch.testing.assert_close(whole_reg(tokens), -whole.dse)
+    assert "group_size=8" in repr(reg) and "group_size=None" in repr(whole_reg)
 
 
 def test_dse_regularizer_gradient_and_mixed_precision(gen):
@@ -73,7 +89,7 @@ def test_dse_regularizer_rejects_bad_arguments():
 def test_gradient_ascent_on_dse_raises_dse(gen):
     tokens = nn.Parameter(torch.randn(8, 24, 16, generator=gen))
     reg = dse_ext.DSERegularizer(weight=1.0, seed=0)
-    measure = lambda: float(dse_ext.dse(tokens.detach(), group_size=None, m_dim="pooled", seed=0).dse)  # noqa: E731
+    measure = lambda: float(dse_ext.dse(tokens.detach(), group_size=8, m_dim="pooled", seed=0).dse)  # noqa: E731
     before = measure()
     opt = torch.optim.Adam([tokens], lr=0.05)
     for _ in range(25):
