@@ -18,7 +18,7 @@
 #include "common/segments.h"
 #include "common/spectrum.h"
 #include "cpu/cluster_rows.h"
-#include "cpu/fresh_output.h"
+#include "cpu/output_cache.h"
 #include "cpu/gram_spectra.h"
 
 TEST(Rng, SplitMix64ReferenceValue) {
@@ -469,9 +469,8 @@ TEST(CssBatches, WorkspaceAtDseScale) {
   EXPECT_GT(dse::css_padded_bytes(global.data(), global.size(), d, false), int64_t{2} << 30);
 }
 
-TEST(FreshOutput, ContiguousOfTheRequestedShapeAndWritableThroughout) {
-  // Below the huge-page size, and large enough to be advised (an odd byte count, so that the
-  // advised range starts and ends inside the buffer).
+TEST(OutputCache, ContiguousOfTheRequestedShapeAndWritableThroughout) {
+  // Below the cached size and above it (an odd byte count).
   for (const std::vector<int64_t>& sizes : {std::vector<int64_t>{3, 5, 7}, std::vector<int64_t>{9, 1031, 1027}}) {
     for (const auto dtype : {at::kFloat, at::kDouble}) {
       const at::Tensor like = at::empty(sizes, at::TensorOptions().dtype(dtype)).transpose(0, 2);
@@ -484,4 +483,43 @@ TEST(FreshOutput, ContiguousOfTheRequestedShapeAndWritableThroughout) {
     }
   }
   EXPECT_EQ(dse::cpu::empty_filled_output({0, 384}, at::TensorOptions()).numel(), 0);
+}
+
+TEST(OutputCache, ReusesFreedBuffersOfTheSameSizeOnlyAndObeysItsLimit) {
+  const size_t previous = dse::cpu::set_output_cache_limit(size_t{1} << 30);
+  dse::cpu::release_output_cache();
+  const std::vector<int64_t> sizes{8, 1024, 1025};  // 33.6 MB of float32
+  const size_t bytes = 8 * 1024 * 1025 * 4;
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  void* first = nullptr;
+  void* second = nullptr;
+  {
+    at::Tensor a = dse::cpu::empty_filled_output(sizes, f32);
+    const at::Tensor b = dse::cpu::empty_filled_output(sizes, f32);
+    first = a.data_ptr();
+    second = b.data_ptr();
+    EXPECT_NE(second, first);  // a is in use
+    const at::Tensor view = a.narrow(0, 1, 2);
+    a = at::Tensor();
+    EXPECT_EQ(dse::cpu::output_cache_stats().idle_blocks, 0u);  // the view keeps a's memory
+  }
+  EXPECT_EQ(dse::cpu::output_cache_stats().idle_bytes, 2 * bytes);
+  {
+    const at::Tensor again = dse::cpu::empty_filled_output(sizes, f32);
+    EXPECT_TRUE(again.data_ptr() == first || again.data_ptr() == second);  // one of the freed two
+    EXPECT_EQ(dse::cpu::output_cache_stats().idle_blocks, 1u);
+    const at::Tensor other = dse::cpu::empty_filled_output({8, 1024, 1026}, f32);  // another size
+    EXPECT_EQ(dse::cpu::output_cache_stats().idle_blocks, 1u);
+  }
+  EXPECT_EQ(dse::cpu::set_output_cache_limit(bytes), size_t{1} << 30);
+  EXPECT_LE(dse::cpu::output_cache_stats().idle_bytes, bytes);  // trimmed to the new limit at once
+  EXPECT_EQ(dse::cpu::set_output_cache_limit(0), bytes);
+  EXPECT_EQ(dse::cpu::output_cache_stats().idle_bytes, 0u);
+  { const at::Tensor off = dse::cpu::empty_filled_output(sizes, f32); }
+  EXPECT_EQ(dse::cpu::output_cache_stats().idle_bytes, 0u);  // limit 0: nothing kept
+  dse::cpu::set_output_cache_limit(size_t{1} << 30);
+  { const at::Tensor kept = dse::cpu::empty_filled_output(sizes, f32); }
+  EXPECT_EQ(dse::cpu::release_output_cache(), bytes);
+  EXPECT_EQ(dse::cpu::output_cache_stats().idle_blocks, 0u);
+  dse::cpu::set_output_cache_limit(previous);
 }

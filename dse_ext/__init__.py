@@ -24,7 +24,7 @@ import torch  # noqa: F401  (load torch's libraries before the compiled module)
 
 import importlib
 
-from . import baselines, checkpoints, features, functional, reference, results, scoring
+from . import baselines, checkpoints, features, functional, memory, reference, results, scoring
 from ._ops import DoubleBackwardError, build_info, cuda_built, extension_available
 from .checkpoints import CheckpointError, load_weights
 from .crowding import CrowdingOutput, crowding
@@ -51,4 +51,4 @@ __all__ = ["dse", "DSEOutput", "DSERegularizer", "DSARegularizer", "crowding", "
            "load_weights", "CheckpointError", "score_checkpoints", "score_features", "SettingsMismatchError",
            "TableInUseError", "DoubleBackwardError", "select_checkpoints",
            "paper_lambda", "Selection", "plot_results", "DSEMonitor", "baselines", "register_score",
-           "available_scores"]
+           "available_scores", "memory"]

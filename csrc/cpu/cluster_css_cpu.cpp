@@ -17,7 +17,7 @@
 #include "common/cluster_css_args.h"
 #include "common/spectrum.h"
 #include "cpu/cluster_rows.h"
-#include "cpu/fresh_output.h"
+#include "cpu/output_cache.h"
 #include "cpu/gram_spectra.h"
 #include "cpu/interleaved.h"
 #include "cpu/kernels.h"

@@ -18,7 +18,7 @@
 
 #include "common/effective_rank_args.h"
 #include "common/spectrum.h"
-#include "cpu/fresh_output.h"
+#include "cpu/output_cache.h"
 #include "cpu/gram_spectra.h"
 #include "cpu/kernels.h"
 #include "cpu/rank_rows.h"

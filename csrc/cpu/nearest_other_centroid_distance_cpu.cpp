@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "common/nearest_other_centroid_distance_args.h"
-#include "cpu/fresh_output.h"
+#include "cpu/output_cache.h"
 #include "cpu/kernels.h"
 #include "cpu/lapack.h"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 
 import torch
@@ -38,15 +39,19 @@ def build_info() -> dict:
 def empty_for_overwrite(shape, like: torch.Tensor) -> torch.Tensor:
     """An uninitialized contiguous tensor of ``shape`` with ``like``'s dtype and device, for a result
     that is written in full. On the CPU, when it is large (a batch of tokens: 77 MB at 256 × 196 ×
-    384), the compiled module asks the kernel for huge pages before anything touches it, so that
-    its first write faults in 2 MiB pages instead of 4 KiB ones (csrc/cpu/fresh_output.h): the
-    page faults of such fresh buffers were about a sixth of the regularizer's time at 256 images in
-    a process doing nothing else (less, or nothing, when other large allocations fragment memory).
-    Smaller buffers (under 32 MiB, which glibc reuses from its heap) are left as they are."""
-    out = torch.empty(shape, dtype=like.dtype, device=like.device)
-    if _C is not None and out.device.type == "cpu":
-        _C._advise_huge_pages(out.data_ptr(), out.nbytes)
-    return out
+    384), it comes from the compiled module's output cache (csrc/cpu/output_cache.h,
+    :mod:`dse_ext.memory`): a buffer of the same size that an earlier call freed, already mapped,
+    instead of fresh memory whose first write page-faults. Smaller ones are plain ``torch.empty``."""
+    shape = tuple(int(s) for s in shape)
+    if (_C is not None and like.device.type == "cpu"
+            and math.prod(shape) * like.element_size() >= _C.cached_output_min_bytes
+            and like.dtype in _CACHEABLE_DTYPES):
+        return torch.from_dlpack(_C._empty_filled_output(list(shape), _CACHEABLE_DTYPES[like.dtype]))
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
+_CACHEABLE_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+                     torch.bfloat16: "bfloat16"}
 
 
 # The CUDA kernels are compiled, linked and tested against the CPU kernels by the device ×
