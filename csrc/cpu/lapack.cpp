@@ -95,6 +95,11 @@ void gemm_abt(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, co
   gemm_impl(false, m, n, kk, a, lda, b, ldb, c, ldc);
 }
 
+void gemm_atb(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
+              int64_t ldc) {
+  gemm_impl(true, m, n, kk, a, lda, b, ldb, c, ldc);
+}
+
 void gemm_ab(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
              int64_t ldc) {
   if (m == 0 || n == 0) return;

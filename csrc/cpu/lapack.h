@@ -30,6 +30,10 @@ void gram_upper(const double* z, int64_t rows, int64_t cols, double* g, int64_t 
 // (the same entries are written).
 void column_gram_upper(const double* z, int64_t rows, int64_t cols, double* g, int64_t ldg, bool accumulate);
 
+// Row-major C (m x n, ldc) = A^T * B with A (kk x m, lda), B (kk x n, ldb), float64.
+void gemm_atb(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
+              int64_t ldc);
+
 // Row-major C (m x n, ldc) = A (m x kk, lda) * B (kk x n, ldb), float64.
 void gemm_ab(int64_t m, int64_t n, int64_t kk, const double* a, int64_t lda, const double* b, int64_t ldb, double* c,
              int64_t ldc);

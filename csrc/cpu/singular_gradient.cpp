@@ -33,26 +33,21 @@ const double* gradient_weights(const double* eig, const double* vec, int64_t ldv
     const double f = s.sigma[i] > 0.0 ? s.h[i] / s.sigma[i] : 0.0;
     for (int64_t j = 0; j < side; ++j) s.weighted[i * side + j] = f * vec[i * ldv + j];
   }
-  const auto opts = at::TensorOptions().dtype(at::kDouble);
-  const at::Tensor e = at::from_blob(const_cast<double*>(vec), {side, side}, {ldv, 1}, opts);
-  at::Tensor w = at::from_blob(s.w.data(), {side, side}, opts);
-  at::mm_out(w, e.t(), at::from_blob(s.weighted.data(), {side, side}, opts));
+  // The same BLAS calls as at::mm_out on these row-major buffers makes (so the same bits),
+  // without ATen's few microseconds per call: thousands of calls per backward.
+  gemm_atb(side, side, side, vec, ldv, s.weighted.data(), side, s.w.data(), side);
   return s.w.data();
 }
 
 void apply_singular_gradient(const double* z, int64_t rows, int64_t cols, const double* eig, const double* vec,
                              int64_t ldv, const SigmaGradient& dsigma, double* y, Scratch& s, double min_floor) {
-  const auto opts = at::TensorOptions().dtype(at::kDouble);
   const bool wide = rows <= cols;
   const int64_t side = wide ? rows : cols;
-  const at::Tensor w = at::from_blob(const_cast<double*>(gradient_weights(eig, vec, ldv, side, dsigma, s, min_floor)),
-                                     {side, side}, opts);
-  const at::Tensor zt = at::from_blob(const_cast<double*>(z), {rows, cols}, opts);
-  at::Tensor yt = at::from_blob(y, {rows, cols}, opts);
+  const double* w = gradient_weights(eig, vec, ldv, side, dsigma, s, min_floor);
   if (wide)
-    at::mm_out(yt, w, zt);
+    gemm_ab(rows, cols, rows, w, side, z, cols, y, cols);  // W Z
   else
-    at::mm_out(yt, zt, w);
+    gemm_ab(rows, cols, cols, z, cols, w, side, y, cols);  // Z W
 }
 
 namespace {
