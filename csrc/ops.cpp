@@ -39,6 +39,17 @@ TORCH_LIBRARY(dse, m) {
       "cluster_css(Tensor x, Tensor labels, int k, bool keep_basis=False, Tensor? sizes=None)"
       " -> (Tensor values, Tensor counts, Tensor eigenvalues, Tensor eigenvectors)");
 
+  // cluster_css's values and counts, with unit_gradient (like x): the gradient of
+  // sum(values) with respect to x, i.e. each cluster's member rows hold the gradient of its
+  // own value (clusters share no row; every other row is 0). The backward of values is then
+  // unit_gradient scaled row by row by the incoming gradient of the row's cluster: for a
+  // caller that will ask for the gradient, one pass instead of a forward and a backward that
+  // redoes its Gram products and eigensolves. CPU only.
+  m.def(
+      "cluster_css_with_gradient(Tensor x, Tensor labels, int k, Tensor? sizes=None)"
+      " -> (Tensor values, Tensor counts, Tensor unit_gradient)");
+  m.impl("cluster_css_with_gradient", c10::DispatchKey::Autograd, torch::CppFunction::makeFallthrough());
+
   // Normalized effective rank of each (m, d) matrix: x (P, m, d) -> values (P,).
   // With index (P, m) int64, x is a (R, d) row table and matrix p is made of
   // the rows x[index[p, 0]], ..., x[index[p, m - 1]] (no gathered copy is made).

@@ -278,6 +278,9 @@ def raw_calls(op: str, args: tuple, kwargs: dict) -> list[tuple[object, tuple]]:
         sizes = member_sizes(labels, k)
         calls += [(ops.cluster_css.default, (b.x, labels, k, True, sizes)),
                   (ops.cluster_css_backward.default, (grad, b.x.detach(), labels, k, eig, vec, sizes))]
+        if b.x.device.type == "cpu":  # the forward with its gradient: a CPU kernel only
+            calls += [(ops.cluster_css_with_gradient.default, (b.x, labels, k)),
+                      (ops.cluster_css_with_gradient.default, (b.x, labels, k, sizes))]
         return calls
     if op == "effective_rank":
         x, index = rank_prepare(*args)

@@ -92,6 +92,72 @@ def test_effective_rank_backward_with_kept_basis(gen, shape):
     torch.testing.assert_close(kept, ref, rtol=1e-8, atol=1e-12)
 
 
+# ------------------------------------------------------------------ css forward with its gradient (CPU)
+CSS_FUSED_CASES = [(4, 196, 384, 3), (2, 300, 20, 2), (2, 400, 150, 2), (1, 50, 384, 1), (2, 30, 8, 4),
+                   (3, 200, 384, 1)]  # small and tall clusters, clusters over 128 points, a lone cluster
+
+
+@pytest.mark.parametrize("P,M,d,k", CSS_FUSED_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_css_with_gradient_gives_the_forward_values_and_the_backward_gradient(gen, P, M, d, k, dtype):
+    x = torch.nn.functional.normalize(torch.randn(P, M, d, generator=gen, dtype=dtype), dim=-1)
+    labels = torch.randint(0, k, (P, M), generator=gen)
+    labels[0, :3] = -1  # ignored points
+    if k >= 2:
+        labels[-1, labels[-1] == k - 1] = 0  # an empty cluster
+        labels[-1, 5] = k - 1                # ... now a cluster of one point
+    values, counts, _, _ = torch.ops.dse.cluster_css(x, labels, k, False)
+    fused_values, fused_counts, unit = torch.ops.dse.cluster_css_with_gradient(x, labels, k)
+    assert torch.equal(fused_values, values) and torch.equal(fused_counts, counts)  # the same bits
+    ones = torch.ones(P, k, dtype=torch.float64)
+    expected = torch.ops.dse.cluster_css_backward(ones, x, labels, k)
+    torch.testing.assert_close(unit, expected, rtol=1e-5 if dtype == torch.float32 else 1e-12,
+                               atol=1e-6 * float(expected.abs().max()) if dtype == torch.float32 else 1e-14)
+    assert not unit[labels < 0].any()  # ignored points
+    if k >= 2:
+        assert not unit[-1, 5].any()  # the lone point
+
+
+def test_css_with_gradient_is_what_the_functional_op_uses_when_a_gradient_is_needed(gen, monkeypatch):
+    from dse_ext._ops import cluster_css as C
+
+    x = torch.randn(3, 60, 16, generator=gen, requires_grad=True)
+    labels = torch.randint(-1, 3, (3, 60), generator=gen)
+    assert C.fused_gradient(x, 3) and not C.fused_gradient(x.detach(), 3)
+    with torch.no_grad():
+        assert not C.fused_gradient(x, 3)
+    upstream = torch.randn(3, 3, generator=gen)
+    values = F.cluster_css(x, labels, 3)[0]
+    (fused,) = torch.autograd.grad(values, x, upstream)
+    monkeypatch.setattr(C, "fused_gradient", lambda x, k: False)
+    plain_values = F.cluster_css(x, labels, 3)[0]
+    (plain,) = torch.autograd.grad(plain_values, x, upstream)
+    assert torch.equal(values, plain_values)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6 * float(plain.abs().max()))
+    (ref,) = torch.autograd.grad(R.cluster_css(x, labels, 3)[0], x, upstream)
+    torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_css_with_gradient_upstream_inf_on_a_lone_point_stays_out_of_other_rows(gen):
+    x = torch.randn(1, 20, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.zeros(1, 20, dtype=torch.long)
+    labels[0, 0] = 1  # cluster 1: one point, no value, no gradient
+    labels[0, 1] = -1
+    values = F.cluster_css(x, labels, 2)[0]
+    (grad,) = torch.autograd.grad(values, x, torch.tensor([[1.0, float("inf")]], dtype=torch.float64))
+    assert torch.isfinite(grad).all() and not grad[0, 0].any() and not grad[0, 1].any()
+
+
+def test_css_with_gradient_refuses_a_second_order(gen):
+    from dse_ext import DoubleBackwardError
+
+    x = torch.randn(2, 40, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 2, (2, 40), generator=gen)
+    (g,) = torch.autograd.grad(F.cluster_css(x, labels, 2)[0].sum(), x, create_graph=True)
+    with pytest.raises(DoubleBackwardError, match="cluster_css"):
+        g.sum().backward()
+
+
 # ------------------------------------------------------------------ degenerate spectra
 def test_degenerate_spectra_give_finite_gradients(gen):
     base = torch.randn(6, 5, generator=gen, dtype=torch.float64)

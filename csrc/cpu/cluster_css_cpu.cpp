@@ -236,8 +236,128 @@ at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_i
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_css_with_gradient(const at::Tensor& x_in,
+                                                                          const at::Tensor& labels_in, int64_t k,
+                                                                          const std::optional<at::Tensor>& sizes) {
+  const ClusterCssArgs in = check_cluster_css_args(x_in, labels_in, k, sizes, c10::DeviceType::CPU,
+                                                   "cluster_css_with_gradient");
+  const int64_t P = in.P, M = in.M, d = in.d;
+  const Grouping g(in);
+  at::Tensor counts = at::empty({P, k}, in.x.options().dtype(at::kLong));
+  int64_t* np = counts.data_ptr<int64_t>();
+  for (int64_t c = 0; c < P * k; ++c) np[c] = g.size(c);
+  at::Tensor values = at::zeros({P, k}, in.x.options().dtype(at::kDouble));
+  double* vp = values.data_ptr<double>();
+  // Written once: the members of clusters of >= 2 points below, every other row zeroed here.
+  at::Tensor unit = empty_filled_output_like(in.x);
+
+  // The forward's partition of the clusters (gram_spectra), so that every value has the bits
+  // cluster_css gives: clusters of r = n - 1 <= d rows ascending by r, kLanes at a time through
+  // the interleaved solver; taller ones, and a lone cluster, one at a time through LAPACK.
+  std::vector<int64_t> small, large;
+  for (int64_t c = 0; c < P * k; ++c)
+    if (np[c] >= 2) (np[c] - 1 <= d ? small : large).push_back(c);
+  if (small.size() == 1 && large.empty()) std::swap(small, large);
+  std::stable_sort(small.begin(), small.end(), [&](int64_t a, int64_t b) { return np[a] < np[b]; });
+  const int64_t n_large = static_cast<int64_t>(large.size());
+  const int64_t n_groups = (static_cast<int64_t>(small.size()) + kLanes - 1) / kLanes;
+
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_cluster_css_with_gradient_cpu", [&] {
+    const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
+    scalar_t* up = unit.data_ptr<scalar_t>();
+    const int64_t* lp = in.labels.const_data_ptr<int64_t>();
+    at::parallel_for(0, P * M, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        if (lp[i] < 0 || np[(i / M) * k + lp[i]] < 2) std::fill(up + i * d, up + (i + 1) * d, scalar_t(0));
+    });
+    auto scatter = [&](int64_t c, const double* y) {
+      const int64_t n = np[c];
+      scatter_centred_gradient<scalar_t>(y, g.members(c), n, d, 1.0 / css_denominator(n, d), up + (c / k) * M * d);
+    };
+    // Value through LAPACK's eigenvalues (as the forward) and gradient through its eigenvectors.
+    auto lapack = [&](int64_t c, const double* z, double noise, double* y, Scratch& s) {
+      const int64_t r = np[c] - 1, side = std::min(r, d);
+      s.gram.resize(side * side);
+      s.eig.resize(side);
+      gram_upper(z, r, d, s.gram.data(), side);
+      s.eigen.values(s.gram.data(), side, side, s.eig.data());
+      vp[c] = nuclear_norm_from_eigs(s.eig.data(), side, noise) / css_denominator(np[c], d);
+      singular_gradient(z, r, d, sum_of_sigma, y, s, noise);
+      scatter(c, y);
+    };
+    auto one_cluster = [&](int64_t c, Scratch& s) {
+      const int64_t r = np[c] - 1;
+      const auto z = uninitialized_doubles(r * d), y = uninitialized_doubles(r * d);
+      const double noise = fill_centred<scalar_t>(xp + (c / k) * M * d, g.members(c), r + 1, d, z.get(), 1);
+      lapack(c, z.get(), noise, y.get(), s);
+    };
+    auto group = [&](int64_t first, Scratch& s) {
+      const int64_t count = std::min<int64_t>(kLanes, static_cast<int64_t>(small.size()) - first);
+      const int64_t* cs = small.data() + first;  // ascending
+      const int64_t r_max = np[cs[count - 1]] - 1, n3 = (r_max + kGramBlock - 1) / kGramBlock * kGramBlock;
+      const bool vectors = r_max <= kInterleavedVectorsMax;
+      const int64_t per_lane = r_max * d + n3 + n3 * n3;  // centred matrix, eigenvalues, eigenvectors
+      s.lanes.resize(kLanes * per_lane + n3 * d * kLanes + n3 * n3 * kLanes +
+                     std::max(interleaved_vectors_workspace(n3), interleaved_eigen_workspace(n3) + n3 * kLanes) +
+                     r_max * d);
+      double* zi = s.lanes.data() + kLanes * per_lane;  // (n3, d) x kLanes
+      double* gi = zi + n3 * d * kLanes;                 // (n3, n3) x kLanes
+      double* work = gi + n3 * n3 * kLanes;
+      double* y = work + std::max(interleaved_vectors_workspace(n3), interleaved_eigen_workspace(n3) + n3 * kLanes);
+      double* eig[kLanes] = {};
+      double* vec[kLanes] = {};
+      double noise[kLanes] = {};
+      for (int64_t q = 0; q < kLanes; ++q) {
+        double* zq = s.lanes.data() + q * per_lane;
+        const int64_t r = q < count ? np[cs[q]] - 1 : 0;
+        if (r > 0) {
+          noise[q] = fill_centred<scalar_t>(xp + (cs[q] / k) * M * d, g.members(cs[q]), r + 1, d, zq, 1);
+          for (int64_t i = 0; i < r * d; ++i) zi[i * kLanes + q] = zq[i];
+          eig[q] = zq + r_max * d;
+          vec[q] = eig[q] + n3;
+        }
+        for (int64_t i = r * d; i < n3 * d; ++i) zi[i * kLanes + q] = 0.0;  // zero rows: zero eigenvalues
+      }
+      interleaved_gram(zi, n3, d, gi);
+      double* values_i = work + interleaved_eigen_workspace(n3);  // n3 x kLanes, without vectors
+      const int failed = vectors ? interleaved_eigenvectors(gi, n3, eig, vec, n3, work)
+                                 : interleaved_eigenvalues(gi, n3, values_i, work);
+      for (int64_t q = 0; q < count; ++q) {
+        const int64_t c = cs[q], r = np[c] - 1;
+        const double* zq = s.lanes.data() + q * per_lane;
+        if (!vectors || (failed & (1 << q))) {
+          if (!(failed & (1 << q))) {  // the forward's value; the gradient through LAPACK
+            for (int64_t j = 0; j < r; ++j) eig[q][j] = values_i[(n3 - r + j) * kLanes + q];
+            vp[c] = nuclear_norm_from_eigs(eig[q], r, noise[q]) / css_denominator(r + 1, d);
+            singular_gradient(zq, r, d, sum_of_sigma, y, s, noise[q]);
+            scatter(c, y);
+          } else {  // the QL iteration did not converge: LAPACK for both, as the forward
+            lapack(c, zq, noise[q], y, s);
+          }
+          continue;
+        }
+        // its r largest eigenpairs (the others belong to the zero rows), vectors cut to r entries
+        const double* eq = eig[q] + (n3 - r);
+        vp[c] = nuclear_norm_from_eigs(eq, r, noise[q]) / css_denominator(r + 1, d);
+        apply_singular_gradient(zq, r, d, eq, vec[q] + (n3 - r) * n3, n3, sum_of_sigma, y, s, noise[q]);
+        scatter(c, y);
+      }
+    };
+    std::vector<int64_t> tasks(n_large + n_groups);
+    for (size_t t = 0; t < tasks.size(); ++t) tasks[t] = static_cast<int64_t>(t);
+    for_each_matrix(tasks, [&](int64_t t, Scratch& s) {
+      if (t < n_large)
+        one_cluster(large[t], s);
+      else
+        group((t - n_large) * kLanes, s);
+    });
+  });
+  return {values.to(in.x.scalar_type()), counts, unit};
+}
+
 TORCH_LIBRARY_IMPL(dse, CPU, m) {
   m.impl("cluster_css", &cluster_css);
+  m.impl("cluster_css_with_gradient", &cluster_css_with_gradient);
   m.impl("cluster_css_backward", &cluster_css_backward);
 }
 

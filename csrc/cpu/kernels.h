@@ -25,6 +25,10 @@ at::Tensor cluster_css_backward(const at::Tensor& grad, const at::Tensor& x, con
                                 const std::optional<at::Tensor>& eigenvectors = std::nullopt,
                                 const std::optional<at::Tensor>& sizes = std::nullopt);
 
+// cluster_css's values and counts with the gradient of sum(values) with respect to x (like x).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_css_with_gradient(
+    const at::Tensor& x, const at::Tensor& labels, int64_t k, const std::optional<at::Tensor>& sizes = std::nullopt);
+
 // cpu/effective_rank_cpu.cpp. keep_basis: also return each matrix's Gram eigenvalues (P, S)
 // and eigenvectors (P, S, S), S = min(m, d), for the backward; else two empty tensors.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> effective_rank(const at::Tensor& x,

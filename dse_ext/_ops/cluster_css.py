@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_labels, check_positive_int
-from ._common import OpSpec, batch_points, register_autograd, require_kernel
+from ._common import OpSpec, batch_points, double_backward_error, register_autograd, require_kernel
+from ._library import empty_for_overwrite
 
 SPEC = OpSpec("cluster_css", backward="cluster_css_backward")
 KEEP_BASIS_BYTES = 64 << 20  # largest eigenbasis the forward keeps for its backward (CPU)
@@ -76,11 +77,69 @@ def cluster_css(x, labels, num_clusters: int):
     return (values[0], counts[0]) if b.single else (values, counts)
 
 
+def fused_gradient(x: torch.Tensor, num_clusters: int) -> bool:
+    """Whether the forward should compute the values' gradient at once
+    (``dse::cluster_css_with_gradient``), on the CPU when a gradient will be asked for and the
+    bases are not kept (:func:`keep_basis`: clusters of ~128 points or fewer on average).
+
+    The backward of small clusters redoes the forward's fill, Gram products and eigensolves to
+    get eigenvectors; computed once, with vectors, the forward holds the gradient of each
+    cluster's value in a tensor like ``x`` and the backward only scales its rows. Values are the
+    same bits either way (the same partition of the clusters and the same eigenvalues); the
+    gradient is rounded once more (to x's dtype before the scaling).
+    """
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and x.requires_grad
+            and not keep_basis(x, num_clusters))
+
+
+class _CssWithGradient(torch.autograd.Function):
+    """``cluster_css`` whose forward also computes the gradient of every value (see
+    :func:`fused_gradient`); the backward scales each member row by its cluster's incoming
+    gradient. First order only."""
+
+    @staticmethod
+    def forward(ctx, x, labels, num_clusters, sizes):
+        values, counts, unit = torch.ops.dse.cluster_css_with_gradient(x, labels, num_clusters, sizes)
+        ctx.save_for_backward(unit, labels, counts, x)
+        ctx.mark_non_differentiable(counts)
+        return values, counts
+
+    @staticmethod
+    def backward(ctx, grad_values, grad_counts):
+        unit, labels, counts, x = ctx.saved_tensors
+        if grad_values is None:
+            return None, None, None, None
+        with torch.no_grad():
+            index = labels.clamp(min=0)
+            # Rows of ignored points and of clusters under 2 points get 0, as in cluster_css_backward
+            # (0 · inf would be NaN for them).
+            kept = (labels >= 0) & (counts.gather(1, index) >= 2)
+            scale = torch.where(kept, grad_values.to(unit.dtype).gather(1, index), 0)
+            out = torch.mul(unit, scale.unsqueeze(-1), out=empty_for_overwrite(unit.shape, unit))
+        if torch.is_grad_enabled():  # create_graph=True: a first-order gradient that refuses a second order
+            out = _FirstOrderOnly.apply(out, x, grad_values)
+        return out, None, None, None
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Passes a computed gradient through; differentiating it (a second order) raises."""
+
+    @staticmethod
+    def forward(ctx, value, *inputs):
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise double_backward_error("dse::cluster_css", "the scaled unit gradient of its forward")
+
+
 def unchecked(x, labels, num_clusters: int, sizes=None):
     """:func:`cluster_css` on ``(P, M, d)`` points and ``(P, M)`` int64 labels already checked by
     the caller: no validation. ``sizes``: the member counts ``(P, k)`` int64 on the CPU when the
     caller has them; the CUDA kernel then plans its batches without a host synchronisation
     (and its backward too: they are kept for it)."""
+    if fused_gradient(x, num_clusters):
+        return _CssWithGradient.apply(x, labels, num_clusters, sizes)
     return torch.ops.dse.cluster_css(x, labels, num_clusters, keep_basis(x, num_clusters), sizes)[:2]
 
 
@@ -114,6 +173,12 @@ def register() -> None:
         else:
             eig, vec = x.new_empty(0, dtype=torch.float64), x.new_empty(0, dtype=torch.float64)
         return x.new_empty(P, k), x.new_empty(P, k, dtype=torch.long), eig, vec
+
+    @torch.library.register_fake("dse::cluster_css_with_gradient")
+    def _with_gradient_fake(x, labels, k, sizes=None):
+        P, M, d = x.shape
+        return (x.new_empty(P, k), x.new_empty(P, k, dtype=torch.long),
+                torch.empty_like(x, memory_format=torch.contiguous_format))
 
     @torch.library.register_fake("dse::cluster_css_backward")
     def _backward_fake(grad, x, labels, k, eigenvalues=None, eigenvectors=None, sizes=None):
