@@ -8,6 +8,9 @@
 // (cpu/gram_spectra.h); with keep_basis, and in the backward, each cluster's Gram
 // matrix is decomposed with its eigenvectors (cpu/singular_gradient.h): in the
 // backward, small clusters four at a time by the interleaved solver (cpu/interleaved.h).
+// dse::cluster_css_with_gradient does the forward's work with eigenvectors and writes
+// each cluster's gradient at once (for a caller that will ask for it), partitioning the
+// clusters as the forward does so that its values have the forward's bits.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -65,6 +68,49 @@ void zero_basis_tail(double* eig, double* vec, int64_t side, int64_t S) {
   std::fill(eig + side, eig + S, 0.0);
   for (int64_t i = 0; i < side; ++i) std::fill(vec + i * S + side, vec + (i + 1) * S, 0.0);
   std::fill(vec + side * S, vec + S * S, 0.0);
+}
+
+// The Householder-centred matrices of up to kLanes clusters cs (r_max: the largest r = n - 1
+// among them), each row-major (z(q)) and interleaved (zi, zero rows up to n3), their
+// interleaved Gram matrices (gi), and room for their eigenpairs (eig, vec) and for the
+// solvers' workspace, all in s.lanes: what the css backward and the forward with its
+// gradient decompose.
+struct LaneGroup {
+  int64_t n3 = 0, per_lane = 0;
+  double *base = nullptr, *zi = nullptr, *gi = nullptr, *work = nullptr, *y = nullptr;
+  double* eig[kLanes] = {};
+  double* vec[kLanes] = {};
+  double noise[kLanes] = {};
+  const double* z(int64_t q) const { return base + q * per_lane; }
+};
+
+template <typename scalar_t>
+LaneGroup fill_lanes(const scalar_t* xp, const Grouping& g, int64_t d, const int64_t* cs, int64_t count,
+                     int64_t r_max, Scratch& s) {
+  LaneGroup L;
+  const int64_t M = g.M, k = g.k, n3 = (r_max + kGramBlock - 1) / kGramBlock * kGramBlock;
+  const int64_t work = std::max(interleaved_vectors_workspace(n3), interleaved_eigen_workspace(n3) + n3 * kLanes);
+  L.n3 = n3;
+  L.per_lane = r_max * d + n3 + n3 * n3;  // centred matrix, eigenvalues, eigenvectors
+  s.lanes.resize(kLanes * L.per_lane + n3 * d * kLanes + n3 * n3 * kLanes + work + r_max * d);
+  L.base = s.lanes.data();
+  L.zi = L.base + kLanes * L.per_lane;  // (n3, d) x kLanes
+  L.gi = L.zi + n3 * d * kLanes;        // (n3, n3) x kLanes
+  L.work = L.gi + n3 * n3 * kLanes;
+  L.y = L.work + work;                  // one cluster's gradient, (r, d)
+  for (int64_t q = 0; q < kLanes; ++q) {
+    double* zq = L.base + q * L.per_lane;
+    const int64_t r = q < count ? g.size(cs[q]) - 1 : 0;
+    if (r > 0) {
+      L.noise[q] = fill_centred<scalar_t>(xp + (cs[q] / k) * M * d, g.members(cs[q]), r + 1, d, zq, 1);
+      for (int64_t i = 0; i < r * d; ++i) L.zi[i * kLanes + q] = zq[i];
+      L.eig[q] = zq + r_max * d;
+      L.vec[q] = L.eig[q] + n3;
+    }
+    for (int64_t i = r * d; i < n3 * d; ++i) L.zi[i * kLanes + q] = 0.0;  // zero rows: zero eigenvalues
+  }
+  interleaved_gram(L.zi, n3, d, L.gi);
+  return L;
 }
 
 // keep_basis: values (P, k) float64, eigenvalues (P, k, S) and eigenvectors (P, k, S, S),
@@ -188,39 +234,16 @@ at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_i
     auto group = [&](int64_t first, Scratch& s) {
       const int64_t count = std::min<int64_t>(kLanes, lanes.size() - first);
       const int64_t* cs = lanes.data() + first;  // largest first
-      const int64_t r_max = g.size(cs[0]) - 1, n3 = (r_max + kGramBlock - 1) / kGramBlock * kGramBlock;
-      const int64_t per_lane = r_max * d + n3 + n3 * n3;  // centred matrix, eigenvalues, eigenvectors
-      s.lanes.resize(kLanes * per_lane + n3 * d * kLanes + n3 * n3 * kLanes + interleaved_vectors_workspace(n3) +
-                     r_max * d);
-      double* zi = s.lanes.data() + kLanes * per_lane;  // (n3, d) x kLanes
-      double* gi = zi + n3 * d * kLanes;                 // (n3, n3) x kLanes
-      double* work = gi + n3 * n3 * kLanes;
-      double* y = work + interleaved_vectors_workspace(n3);
-      double* eig[kLanes] = {};
-      double* vec[kLanes] = {};
-      double noise[kLanes] = {};
-      for (int64_t q = 0; q < kLanes; ++q) {
-        double* zq = s.lanes.data() + q * per_lane;
-        const int64_t r = q < count ? g.size(cs[q]) - 1 : 0;
-        if (r > 0) {
-          noise[q] = fill_centred<scalar_t>(xp + (cs[q] / k) * M * d, g.members(cs[q]), r + 1, d, zq, 1);
-          for (int64_t i = 0; i < r * d; ++i) zi[i * kLanes + q] = zq[i];
-          eig[q] = zq + r_max * d;
-          vec[q] = eig[q] + n3;
-        }
-        for (int64_t i = r * d; i < n3 * d; ++i) zi[i * kLanes + q] = 0.0;  // zero rows: zero eigenvalues
-      }
-      interleaved_gram(zi, n3, d, gi);
-      const int failed = interleaved_eigenvectors(gi, n3, eig, vec, n3, work);
+      LaneGroup L = fill_lanes<scalar_t>(xp, g, d, cs, count, g.size(cs[0]) - 1, s);
+      const int failed = interleaved_eigenvectors(L.gi, L.n3, L.eig, L.vec, L.n3, L.work);
       for (int64_t q = 0; q < count; ++q) {
-        const int64_t c = cs[q], n = g.size(c), r = n - 1;
-        const double* zq = s.lanes.data() + q * per_lane;
+        const int64_t c = cs[q], n = g.size(c), r = n - 1, n3 = L.n3;
         if (failed & (1 << q))  // the QL iteration did not converge: LAPACK on this matrix
-          singular_gradient(zq, r, d, sum_of_sigma, y, s, noise[q]);
+          singular_gradient(L.z(q), r, d, sum_of_sigma, L.y, s, L.noise[q]);
         else  // its r largest eigenpairs (the others belong to the zero rows), vectors cut to r entries
-          apply_singular_gradient(zq, r, d, eig[q] + (n3 - r), vec[q] + (n3 - r) * n3, n3, sum_of_sigma, y, s,
-                                  noise[q]);
-        scatter_centred_gradient<scalar_t>(y, g.members(c), n, d, gp[c] / css_denominator(n, d),
+          apply_singular_gradient(L.z(q), r, d, L.eig[q] + (n3 - r), L.vec[q] + (n3 - r) * n3, n3, sum_of_sigma, L.y,
+                                  s, L.noise[q]);
+        scatter_centred_gradient<scalar_t>(L.y, g.members(c), n, d, gp[c] / css_denominator(n, d),
                                            op_out + (c / k) * M * d);
       }
     };
@@ -294,53 +317,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_css_with_gradient(const a
     auto group = [&](int64_t first, Scratch& s) {
       const int64_t count = std::min<int64_t>(kLanes, static_cast<int64_t>(small.size()) - first);
       const int64_t* cs = small.data() + first;  // ascending
-      const int64_t r_max = np[cs[count - 1]] - 1, n3 = (r_max + kGramBlock - 1) / kGramBlock * kGramBlock;
+      const int64_t r_max = np[cs[count - 1]] - 1;
+      LaneGroup L = fill_lanes<scalar_t>(xp, g, d, cs, count, r_max, s);
+      const int64_t n3 = L.n3;
       const bool vectors = r_max <= kInterleavedVectorsMax;
-      const int64_t per_lane = r_max * d + n3 + n3 * n3;  // centred matrix, eigenvalues, eigenvectors
-      s.lanes.resize(kLanes * per_lane + n3 * d * kLanes + n3 * n3 * kLanes +
-                     std::max(interleaved_vectors_workspace(n3), interleaved_eigen_workspace(n3) + n3 * kLanes) +
-                     r_max * d);
-      double* zi = s.lanes.data() + kLanes * per_lane;  // (n3, d) x kLanes
-      double* gi = zi + n3 * d * kLanes;                 // (n3, n3) x kLanes
-      double* work = gi + n3 * n3 * kLanes;
-      double* y = work + std::max(interleaved_vectors_workspace(n3), interleaved_eigen_workspace(n3) + n3 * kLanes);
-      double* eig[kLanes] = {};
-      double* vec[kLanes] = {};
-      double noise[kLanes] = {};
-      for (int64_t q = 0; q < kLanes; ++q) {
-        double* zq = s.lanes.data() + q * per_lane;
-        const int64_t r = q < count ? np[cs[q]] - 1 : 0;
-        if (r > 0) {
-          noise[q] = fill_centred<scalar_t>(xp + (cs[q] / k) * M * d, g.members(cs[q]), r + 1, d, zq, 1);
-          for (int64_t i = 0; i < r * d; ++i) zi[i * kLanes + q] = zq[i];
-          eig[q] = zq + r_max * d;
-          vec[q] = eig[q] + n3;
-        }
-        for (int64_t i = r * d; i < n3 * d; ++i) zi[i * kLanes + q] = 0.0;  // zero rows: zero eigenvalues
-      }
-      interleaved_gram(zi, n3, d, gi);
-      double* values_i = work + interleaved_eigen_workspace(n3);  // n3 x kLanes, without vectors
-      const int failed = vectors ? interleaved_eigenvectors(gi, n3, eig, vec, n3, work)
-                                 : interleaved_eigenvalues(gi, n3, values_i, work);
+      double* values_i = L.work + interleaved_eigen_workspace(n3);  // n3 x kLanes, without vectors
+      const int failed = vectors ? interleaved_eigenvectors(L.gi, n3, L.eig, L.vec, n3, L.work)
+                                 : interleaved_eigenvalues(L.gi, n3, values_i, L.work);
       for (int64_t q = 0; q < count; ++q) {
         const int64_t c = cs[q], r = np[c] - 1;
-        const double* zq = s.lanes.data() + q * per_lane;
-        if (!vectors || (failed & (1 << q))) {
-          if (!(failed & (1 << q))) {  // the forward's value; the gradient through LAPACK
-            for (int64_t j = 0; j < r; ++j) eig[q][j] = values_i[(n3 - r + j) * kLanes + q];
-            vp[c] = nuclear_norm_from_eigs(eig[q], r, noise[q]) / css_denominator(r + 1, d);
-            singular_gradient(zq, r, d, sum_of_sigma, y, s, noise[q]);
-            scatter(c, y);
-          } else {  // the QL iteration did not converge: LAPACK for both, as the forward
-            lapack(c, zq, noise[q], y, s);
-          }
+        if (failed & (1 << q)) {  // the QL iteration did not converge: LAPACK for both, as the forward
+          lapack(c, L.z(q), L.noise[q], L.y, s);
           continue;
         }
-        // its r largest eigenpairs (the others belong to the zero rows), vectors cut to r entries
-        const double* eq = eig[q] + (n3 - r);
-        vp[c] = nuclear_norm_from_eigs(eq, r, noise[q]) / css_denominator(r + 1, d);
-        apply_singular_gradient(zq, r, d, eq, vec[q] + (n3 - r) * n3, n3, sum_of_sigma, y, s, noise[q]);
-        scatter(c, y);
+        // Its r largest eigenvalues (the others belong to the zero rows): the forward's value.
+        const double* eq = vectors ? L.eig[q] + (n3 - r) : L.eig[q];
+        if (!vectors)
+          for (int64_t j = 0; j < r; ++j) L.eig[q][j] = values_i[(n3 - r + j) * kLanes + q];
+        vp[c] = nuclear_norm_from_eigs(eq, r, L.noise[q]) / css_denominator(r + 1, d);
+        if (vectors)  // the gradient from the same eigenpairs, vectors cut to r entries
+          apply_singular_gradient(L.z(q), r, d, eq, L.vec[q] + (n3 - r) * n3, n3, sum_of_sigma, L.y, s, L.noise[q]);
+        else  // large clusters: the gradient through LAPACK
+          singular_gradient(L.z(q), r, d, sum_of_sigma, L.y, s, L.noise[q]);
+        scatter(c, L.y);
       }
     };
     std::vector<int64_t> tasks(n_large + n_groups);
