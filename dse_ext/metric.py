@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import _ops, reference
-from ._ops._common import double_backward_error
+from ._ops._common import first_order_only
 from ._ops._library import empty_for_overwrite
 from ._ops.kmeans import check_options as check_kmeans_options
 from ._rng import derive_seed
@@ -131,16 +131,7 @@ class _MeanDistanceToMean(torch.autograd.Function):
         return out, None
 
 
-class _FirstOrderOnly(torch.autograd.Function):
-    """Passes a computed gradient through; differentiating it (a second order) raises."""
-
-    @staticmethod
-    def forward(ctx, value: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise double_backward_error("dse_ext's token normalization or avg_l2", "their first-order formulas")
+_FirstOrderOnly = first_order_only("dse_ext's token normalization or avg_l2", "their first-order formulas")
 
 
 def _mean_distance_to_mean(x: torch.Tensor, block_bytes: int = 1 << 21) -> torch.Tensor:

@@ -96,3 +96,21 @@ def register_autograd(spec: OpSpec, backward, setup_context) -> None:
         raise double_backward_error(f"dse::{spec.name}", f"dse::{spec.backward}")
 
     torch.library.register_autograd(f"dse::{spec.backward}", fail, setup_context=no_context)
+
+
+def first_order_only(what: str, gradient: str) -> type[torch.autograd.Function]:
+    """An autograd Function that passes a computed gradient through (``apply(value, *inputs)``,
+    ``inputs`` being what the gradient depends on) and raises :func:`double_backward_error` for
+    ``what`` and ``gradient`` when differentiated: for backward formulas written with plain torch
+    ops, whose graph would otherwise give a wrong second order."""
+
+    class FirstOrderOnly(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, value: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+            return value.clone()
+
+        @staticmethod
+        def backward(ctx, *grads):
+            raise double_backward_error(what, gradient)
+
+    return FirstOrderOnly

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_labels, check_positive_int
-from ._common import OpSpec, batch_points, double_backward_error, register_autograd, require_kernel
+from ._common import OpSpec, batch_points, first_order_only, register_autograd, require_kernel
 from ._library import empty_for_overwrite
 
 SPEC = OpSpec("cluster_css", backward="cluster_css_backward")
@@ -121,16 +121,7 @@ class _CssWithGradient(torch.autograd.Function):
         return out, None, None, None
 
 
-class _FirstOrderOnly(torch.autograd.Function):
-    """Passes a computed gradient through; differentiating it (a second order) raises."""
-
-    @staticmethod
-    def forward(ctx, value, *inputs):
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise double_backward_error("dse::cluster_css", "the scaled unit gradient of its forward")
+_FirstOrderOnly = first_order_only("dse::cluster_css", "the scaled unit gradient of its forward")
 
 
 def unchecked(x, labels, num_clusters: int, sizes=None):
