@@ -1,6 +1,6 @@
 """The CPU output cache: large buffers that dse_ext's CPU kernels reuse from one call to the next.
 
-A buffer of 32 MiB or more that a CPU kernel writes in full (a gradient with one row per token,
+A buffer of 4 MiB or more that a CPU kernel writes in full (a gradient with one row per token,
 the normalized tokens: 77 MB each at 256 × 196 × 384 float32) is kept when its tensor is freed,
 and the next request of the same size gets it back, already mapped in memory. Without it each of
 the regularizer's ~7 such buffers per call is fresh memory whose first write page-faults: about a

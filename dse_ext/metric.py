@@ -518,21 +518,14 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
                          "name one cluster): M_inter is undefined")
 
     def components():
-        """(M_intra_image, M_intra_batch, M_inter, M_dim) from the clusterings."""
-        css_local, n_local = ops.cluster_css(x, local_labels, local_clusters, sizes=torch.from_numpy(sizes_local))
-        ok_local = n_local >= 2
-        per_image = _masked_mean(css_local, ok_local, dim=1)
-        m_intra_image = _masked_mean(per_image, ok_local.any(dim=1)) / avg_l2
+        """(M_intra_image, M_intra_batch, M_inter, M_dim) from the clusterings.
 
-        css_global, n_global = ops.cluster_css(xg, labels_g, global_clusters, sizes=torch.from_numpy(sizes_global))
-        m_intra_batch = _masked_mean(css_global, n_global >= 2) / avg_l2
-
-        # Empty clusters are not clusters: their (stale or duplicate) centroids are no "other centroid".
-        present = n_global > 0
-        dist = ops.nearest_other_centroid_distance(xg, centroids, labels_g, present)
-        per_group = _masked_mean(dist, labels_g >= 0, dim=1)
-        m_inter = _masked_mean(per_group, present.sum(dim=1) >= 2) / avg_l2
-
+        M_dim is built first and the local css last: autograd runs the backward of the newest
+        node first, so the first gradient to reach the tokens is the local
+        css's, a tensor of its own that the others are then added into in place. Arriving first,
+        the gradient through a reshaped view (M_dim's pooled tokens, the groups of images) would
+        be a view, which autograd does not add into: one more batch-sized tensor per backward.
+        """
         if m_dim == "per_position":
             gen = torch.Generator().manual_seed(derive_seed(seed, "positions"))
             perm = torch.rand(B, N, generator=gen).argsort(dim=1)  # π_b, one per image, the same on every device
@@ -544,6 +537,20 @@ def dse(features, *, normalize: bool = True, local_clusters: int = 3, global_clu
             m_dim_value = ops.effective_rank(x.reshape(B * N, d), index=rows).mean()
         else:
             m_dim_value = ops.effective_rank(x.reshape(B * N, d))
+
+        css_global, n_global = ops.cluster_css(xg, labels_g, global_clusters, sizes=torch.from_numpy(sizes_global))
+        m_intra_batch = _masked_mean(css_global, n_global >= 2) / avg_l2
+
+        # Empty clusters are not clusters: their (stale or duplicate) centroids are no "other centroid".
+        present = n_global > 0
+        dist = ops.nearest_other_centroid_distance(xg, centroids, labels_g, present)
+        per_group = _masked_mean(dist, labels_g >= 0, dim=1)
+        m_inter = _masked_mean(per_group, present.sum(dim=1) >= 2) / avg_l2
+
+        css_local, n_local = ops.cluster_css(x, local_labels, local_clusters, sizes=torch.from_numpy(sizes_local))
+        ok_local = n_local >= 2
+        per_image = _masked_mean(css_local, ok_local, dim=1)
+        m_intra_image = _masked_mean(per_image, ok_local.any(dim=1)) / avg_l2
         return m_intra_image, m_intra_batch, m_inter, m_dim_value
 
     with _ops.deferred_eigen_status(x.device) as eigen_failed:

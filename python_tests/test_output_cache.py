@@ -12,7 +12,7 @@ import dse_ext.memory as memory
 from dse_ext._ops import _library
 from dse_ext._ops._library import empty_for_overwrite
 
-LARGE = (9, 1031, 1027)  # 38 MB of float32: above the 32 MiB threshold
+LARGE = (9, 1031, 1027)  # 38 MB of float32: above the 4 MiB threshold
 needs_module = pytest.mark.skipif(_library._C is None, reason="dse_ext was imported without its compiled module")
 
 
@@ -59,6 +59,17 @@ def test_a_freed_buffer_is_handed_out_again_and_a_live_one_never(fresh_cache):
     assert c.data_ptr() == address and memory.cpu_cache_info()["idle_blocks"] == 0
     other = empty_for_overwrite((9, 1031, 1028), torch.zeros(1))  # another size: not that block
     assert other.data_ptr() not in (address, b.data_ptr())
+
+
+@needs_module
+@pytest.mark.parametrize("batch", [16, 64])
+def test_the_batches_of_a_regularizer_step_are_kept_too(fresh_cache, batch):
+    # 4.8 MB and 19 MB of float32 tokens: below glibc's mmap threshold, but its heap gave such
+    # buffers back to the system between calls, and they page-faulted again on every call.
+    shape = (batch, 196, 384)
+    address = empty_for_overwrite(shape, torch.zeros(1)).data_ptr()  # freed at once
+    assert memory.cpu_cache_info()["idle_bytes"] == batch * 196 * 384 * 4
+    assert empty_for_overwrite(shape, torch.zeros(1)).data_ptr() == address
 
 
 @needs_module

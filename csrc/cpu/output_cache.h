@@ -6,10 +6,12 @@
 // At 256 x 196 x 384 float32 such a buffer is 77 MB, above glibc's largest mmap threshold
 // (32 MiB): a fresh mapping at every call, whose first write faults it in page by page.
 // The regularizer takes about seven of them per call, and their page faults cost about a
-// quarter of its time at 256 images on 2 cores (bench/RESULTS.md, 2026-12-07). Buffers of
-// kCachedOutputMinBytes and more are therefore kept when their tensor is freed and handed
-// out again to the next request of the same byte size, already mapped. Smaller ones come
-// from glibc's heap, which reuses them itself.
+// quarter of its time at 256 images on 2 cores (bench/RESULTS.md, 2026-12-07). Below that
+// threshold glibc's heap does not keep them either: at 64 images (19 MB buffers) it gave
+// the memory back when they were freed together, and about five per call faulted again
+// (4 704 faults, ~8 ms of system time each). Buffers of kCachedOutputMinBytes and more are
+// therefore kept when their tensor is freed and handed out again to the next request of
+// the same byte size, already mapped. Smaller ones come from glibc's heap.
 //
 // The cache holds idle buffers only, up to a limit (kDefaultOutputCacheLimit, changeable at
 // run time; 0 turns it off). A buffer goes back to it when the last tensor using its memory
@@ -22,7 +24,7 @@
 
 namespace dse::cpu {
 
-inline constexpr size_t kCachedOutputMinBytes = size_t{32} << 20;
+inline constexpr size_t kCachedOutputMinBytes = size_t{4} << 20;
 inline constexpr size_t kDefaultOutputCacheLimit = size_t{1} << 30;
 
 // at::empty(sizes, options), contiguous and uninitialized, for a result the caller writes in
