@@ -108,10 +108,15 @@ class _MeanDistanceToMean(torch.autograd.Function):
         B, N, d = x.shape
         mean = x.mean(dim=(0, 1))
         step = max(1, block_bytes // max(1, N * d * x.element_size()))
-        norms = [(xb - mean).norm(dim=-1) for xb in x.split(step)]
-        ctx.save_for_backward(x, mean, torch.cat(norms))
+        # One block-sized temporary for all blocks: a fresh one per block page-faulted each time
+        # (glibc maps and unmaps blocks of this size), which tripled the cost of the pass.
+        diff = torch.empty((min(step, B), N, d), dtype=x.dtype, device=x.device)
+        norms = torch.empty((B, N), dtype=x.dtype, device=x.device)
+        for xb, nb in zip(x.split(step), norms.split(step)):
+            torch.linalg.vector_norm(torch.sub(xb, mean, out=diff[:len(xb)]), dim=-1, out=nb)
+        ctx.save_for_backward(x, mean, norms)
         ctx.step = step
-        return sum(r.sum() for r in norms) / (B * N)
+        return sum(r.sum() for r in norms.split(step)) / (B * N)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
