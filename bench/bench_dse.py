@@ -34,8 +34,18 @@ TARGETS = {("cuda", "1024x196x384"): (20.0, 4096.0)}
 
 
 def parse_size(s: str) -> tuple[int, int, int]:
-    b, n, d = (int(v) for v in s.lower().split("x"))
+    """``"BxNxd"`` (e.g. ``64x196x384``) as three positive ints."""
+    parts = s.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"sizes are BxNxd with three positive ints, e.g. 64x196x384; got {s!r}")
+    b, n, d = (int(v) for v in parts)
     return b, n, d
+
+
+def size_argument(s: str) -> str:
+    """``--sizes`` entry, checked here so that a typo fails before any worker starts."""
+    parse_size(s)
+    return s
 
 
 def gemm_rates(device: str) -> tuple[float, float]:
@@ -127,7 +137,7 @@ def run_child(size, backend, device, repeats):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="BxNxd sizes")
+    parser.add_argument("--sizes", nargs="+", type=size_argument, default=DEFAULT_SIZES, help="BxNxd sizes")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (after one warm-up)")
     parser.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: all available)")
     parser.add_argument("--no-reference", action="store_true", help="time the compiled backend only")

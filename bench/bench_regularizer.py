@@ -59,8 +59,18 @@ LIGHTLY_REPEATS = 3
 
 
 def parse_size(s: str) -> tuple[int, int, int]:
-    b, n, d = (int(v) for v in s.lower().split("x"))
+    """``"BxNxd"`` (e.g. ``64x196x384``) as three positive ints."""
+    parts = s.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"sizes are BxNxd with three positive ints, e.g. 64x196x384; got {s!r}")
+    b, n, d = (int(v) for v in parts)
     return b, n, d
+
+
+def size_argument(s: str) -> str:
+    """``--sizes`` entry, checked here so that a typo fails before any worker starts."""
+    parse_size(s)
+    return s
 
 
 def regularizer_floor_flops(B: int, N: int, d: int, iters_local: float, iters_global: float,
@@ -281,7 +291,7 @@ def group_label(group: int | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="BxNxd sizes")
+    parser.add_argument("--sizes", nargs="+", type=size_argument, default=DEFAULT_SIZES, help="BxNxd sizes")
     parser.add_argument("--group-sizes", nargs="+", type=parse_group, default=[LIGHTLY_GROUP, None],
                         help=f"group_size of DSERegularizer, one row each: images per group ({LIGHTLY_GROUP}: the "
                              "default and lightly's grouping, the same work as its port) or 'all' (the whole batch "

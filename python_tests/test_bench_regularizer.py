@@ -73,6 +73,13 @@ def test_script_refuses_a_bad_group_size():
     assert out.returncode != 0 and "positive int" in out.stderr
 
 
+@pytest.mark.parametrize("size", ["64", "64x196", "0x196x384", "64x196x-1"])
+def test_script_refuses_a_bad_size_before_timing_anything(size):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--sizes", size, "--no-vit", "--no-reference", "--no-lightly"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "BxNxd" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_lightly_is_timed_side_by_side_when_installed(bench):
     pytest.importorskip("lightly.loss.regularizer.dse")
     result = bench.time_cpu_row("4x16x32", 3, None, True, 2)
