@@ -7,9 +7,8 @@
 // (32 MiB): a fresh mapping at every call, whose first write faults it in page by page.
 // The regularizer takes about seven of them per call, and their page faults cost about a
 // quarter of its time at 256 images on 2 cores (bench/RESULTS.md, 2026-12-07). Below that
-// threshold glibc's heap does not keep them either: at 64 images (19 MB buffers) it gave
-// the memory back when they were freed together, and about five per call faulted again
-// (4 704 faults, ~8 ms of system time each). Buffers of kCachedOutputMinBytes and more are
+// threshold glibc's heap did not keep them either: at 64 images (19 MB buffers) two to four
+// per call faulted again (4 704 faults, ~8 ms of system time each). Buffers of kCachedOutputMinBytes and more are
 // therefore kept when their tensor is freed and handed out again to the next request of
 // the same byte size, already mapped. Smaller ones come from glibc's heap.
 //
