@@ -48,6 +48,24 @@ def test_dse_regularizer_gradient_and_mixed_precision(gen):
         assert float(tokens.grad.float().abs().max()) > 0
 
 
+@pytest.mark.parametrize("group_size", [8, None])
+def test_dse_regularizer_backward_adds_the_gradients_in_place(gen, group_size):
+    # Every part of the metric sends a token-sized gradient to the normalized tokens. Autograd
+    # adds into the first one that arrives unless it is a view (the pooled tokens of M_dim,
+    # the groups of images): then each sum is a fresh token-sized tensor (dse() orders its parts
+    # so that it is not). Counted with the profiler: no out-of-place token-sized addition.
+    from torch.profiler import ProfilerActivity, profile
+
+    tokens = torch.randn(16, 20, 12, generator=gen).requires_grad_(True)
+    loss = dse_ext.DSERegularizer(group_size=group_size)(tokens)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        loss.backward()
+    sums = [(e.name, e.input_shapes[0]) for e in prof.events()
+            if e.name in ("aten::add", "aten::add_") and e.input_shapes and len(e.input_shapes[0]) == 3
+            and math.prod(e.input_shapes[0]) == tokens.numel()]
+    assert sums and all(name == "aten::add_" for name, _ in sums), sums
+
+
 def test_dse_regularizer_under_autocast_computes_in_float32(gen):
     tokens = torch.randn(6, 40, 16, generator=gen, requires_grad=True)
     reg = dse_ext.DSERegularizer(seed=1)
