@@ -58,7 +58,7 @@ def test_dse_regularizer_backward_adds_the_gradients_in_place(gen, group_size):
 
     tokens = torch.randn(16, 20, 12, generator=gen).requires_grad_(True)
     loss = dse_ext.DSERegularizer(group_size=group_size)(tokens)
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, acc_events=True) as prof:
         loss.backward()
     sums = [(e.name, e.input_shapes[0]) for e in prof.events()
             if e.name in ("aten::add", "aten::add_") and e.input_shapes and len(e.input_shapes[0]) == 3
