@@ -113,6 +113,23 @@ LaneGroup fill_lanes(const scalar_t* xp, const Grouping& g, int64_t d, const int
   return L;
 }
 
+// The tasks of a kernel that solves some clusters one at a time and the others kLanes at a time:
+// one_cluster(singles[t], s) for each single cluster first (the costliest), then
+// group(first, s) for each group of kLanes consecutive lane clusters, on all threads (for_each_matrix).
+template <typename One, typename Group>
+void run_singles_then_groups(const std::vector<int64_t>& singles, int64_t n_lanes, const One& one_cluster,
+                             const Group& group) {
+  const int64_t n_singles = static_cast<int64_t>(singles.size());
+  std::vector<int64_t> tasks(n_singles + (n_lanes + kLanes - 1) / kLanes);
+  for (size_t t = 0; t < tasks.size(); ++t) tasks[t] = static_cast<int64_t>(t);
+  for_each_matrix(tasks, [&](int64_t t, Scratch& s) {
+    if (t < n_singles)
+      one_cluster(singles[t], s);
+    else
+      group((t - n_singles) * kLanes, s);
+  });
+}
+
 // keep_basis: values (P, k) float64, eigenvalues (P, k, S) and eigenvectors (P, k, S, S),
 // cluster c's min(n_c - 1, d) eigenpairs in the leading entries, zeros elsewhere (written
 // once: the buffers are not zero-filled first).
@@ -215,8 +232,6 @@ at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_i
       else
         singles.push_back(c);
     if (lanes.size() == 1) singles.push_back(lanes[0]), lanes.clear();
-    const int64_t n_singles = static_cast<int64_t>(singles.size());
-    const int64_t n_groups = (static_cast<int64_t>(lanes.size()) + kLanes - 1) / kLanes;
 
     auto one_cluster = [&](int64_t c, Scratch& s) {
       const int64_t p = c / k, n = g.size(c);
@@ -247,14 +262,7 @@ at::Tensor cluster_css_backward(const at::Tensor& grad_in, const at::Tensor& x_i
                                            op_out + (c / k) * M * d);
       }
     };
-    std::vector<int64_t> tasks(n_singles + n_groups);
-    for (size_t t = 0; t < tasks.size(); ++t) tasks[t] = static_cast<int64_t>(t);
-    for_each_matrix(tasks, [&](int64_t t, Scratch& s) {
-      if (t < n_singles)
-        one_cluster(singles[t], s);
-      else
-        group((t - n_singles) * kLanes, s);
-    });
+    run_singles_then_groups(singles, static_cast<int64_t>(lanes.size()), one_cluster, group);
   });
   return out;
 }
@@ -282,8 +290,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_css_with_gradient(const a
     if (np[c] >= 2) (np[c] - 1 <= d ? small : large).push_back(c);
   if (small.size() == 1 && large.empty()) std::swap(small, large);
   std::stable_sort(small.begin(), small.end(), [&](int64_t a, int64_t b) { return np[a] < np[b]; });
-  const int64_t n_large = static_cast<int64_t>(large.size());
-  const int64_t n_groups = (static_cast<int64_t>(small.size()) + kLanes - 1) / kLanes;
 
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "dse_cluster_css_with_gradient_cpu", [&] {
     const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
@@ -342,14 +348,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cluster_css_with_gradient(const a
         scatter(c, L.y);
       }
     };
-    std::vector<int64_t> tasks(n_large + n_groups);
-    for (size_t t = 0; t < tasks.size(); ++t) tasks[t] = static_cast<int64_t>(t);
-    for_each_matrix(tasks, [&](int64_t t, Scratch& s) {
-      if (t < n_large)
-        one_cluster(large[t], s);
-      else
-        group((t - n_large) * kLanes, s);
-    });
+    run_singles_then_groups(large, static_cast<int64_t>(small.size()), one_cluster, group);
   });
   return {values.to(in.x.scalar_type()), counts, unit};
 }
